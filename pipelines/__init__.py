@@ -1,0 +1,1 @@
+"""rulefinder's pipelines package."""

@@ -1,0 +1,1 @@
+"""rulefinder's training_zoo package."""
