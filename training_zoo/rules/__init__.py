@@ -1,0 +1,6 @@
+"""Learning rules. Importing this package registers every built-in rule."""
+
+from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.registry import FAMILIES, all_rules, catalogue, get_rule, register
+
+__all__ = ["FAMILIES", "LearningRule", "RuleStep", "all_rules", "catalogue", "get_rule", "register"]

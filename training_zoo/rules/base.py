@@ -1,0 +1,64 @@
+"""The learning-rule interface, in the style of ``torch.optim``: one small class per rule.
+
+A rule turns a batch into a *descent direction* for every parameter of a population of
+networks (same shapes as the parameters, network index first). The population trainer hands
+that direction to the optimizer (``sgd``, ``momentum`` or ``adam``, a separate label), which
+applies ``p <- p - lr * opt(direction)``. For backprop the direction is the gradient of the
+loss; other rules produce their own. Rules with auxiliary state (feedback matrices, ...) keep
+it in the ``state`` dict made by :meth:`LearningRule.init_state`, and update it themselves
+inside :meth:`LearningRule.step` (that update is part of the rule, not of the optimizer).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclass
+class RuleStep:
+    """What one call of :meth:`LearningRule.step` returns.
+
+    ``weights[l]``/``biases[l]``: descent directions with the shapes of the network's
+    ``weights[l]``/``biases[l]``. ``loss``: (M,) training loss of the batch before the update.
+    """
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+    loss: torch.Tensor
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class LearningRule:
+    """Base class. Subclasses set the class attributes and implement :meth:`step`.
+
+    Class attributes:
+        id: stable string id (``feedback_alignment``); never changes once published.
+        family: family id (``feedback_alignment``, ``energy_based``, ...).
+        reference: short citation of the paper the rule comes from.
+        description: one line for the catalogue.
+        supports: architecture family ids the rule is implemented for (``mlp``, ``resmlp``, ``cnn``).
+    """
+
+    id: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    reference: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    supports: ClassVar[tuple[str, ...]] = ()
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor arguments, for metadata (every rule stores its hyperparameters as attributes)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def init_state(self, net, generator: torch.Generator) -> dict[str, Any]:
+        """Auxiliary per-population state (e.g. fixed random feedback weights). Default: none."""
+        return {}
+
+    def step(self, net, state: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> RuleStep:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
+        return f"{type(self).__name__}({args})"
