@@ -40,16 +40,22 @@ class _Session:
 
 
 def _window_means(t: np.ndarray, y: np.ndarray, start: np.ndarray, stop: np.ndarray) -> np.ndarray:
-    """Mean of ``y`` (time, unit) over samples with ``start <= t <= stop``, per trial; NaN-aware."""
+    """Mean of ``y`` (time, unit) over samples with ``start <= t <= stop``, per trial; NaN-aware.
+
+    Each window is summed on its own (``np.add.reduceat`` over interleaved bounds), not as a
+    difference of running sums, which would lose precision over long recordings.
+    """
     order = np.argsort(t, kind="stable")
     t, y = t[order], y[order]
     finite = ~np.isnan(y)
-    csum = np.concatenate([np.zeros((1, y.shape[1])), np.cumsum(np.where(finite, y, 0.0), axis=0)])
-    ccnt = np.concatenate([np.zeros((1, y.shape[1])), np.cumsum(finite, axis=0)])
+    padded = np.vstack([np.where(finite, y, 0.0), np.zeros((1, y.shape[1]))])
+    counts = np.vstack([finite, np.zeros((1, y.shape[1]), bool)]).astype(np.int64)
     lo = np.searchsorted(t, start, side="left")
     hi = np.searchsorted(t, stop, side="right")
-    total = csum[hi] - csum[lo]
-    count = ccnt[hi] - ccnt[lo]
+    bounds = np.stack([lo, hi], axis=1).ravel()
+    total = np.add.reduceat(padded, bounds, axis=0)[::2]
+    count = np.add.reduceat(counts, bounds, axis=0)[::2]
+    count[hi <= lo] = 0
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
@@ -454,6 +460,7 @@ def write_nwb_sessions(
     start: datetime | None = None,
     trials_per_stimulus: int = 1,
     prefix: str = "session",
+    cache_spec: bool = True,
 ) -> list[Path]:
     """Write ``rec`` as one NWB file per session (used for examples, tests and demos).
 
@@ -462,7 +469,8 @@ def write_nwb_sessions(
     it back gives the same numbers. ``kind="units"``: a units table with a ``location`` column
     and ``round(response * duration)`` evenly spaced spikes per 1-s trial (non-negative
     responses only). Units NaN in a whole session are left out of that session's file when
-    ``global_id`` is on.
+    ``global_id`` is on. ``cache_spec=False`` leaves the NWB schema out of the files (much
+    smaller; readers use the core schema that pynwb ships).
     """
     from pynwb import NWBHDF5IO, NWBFile
     from pynwb.ophys import (
@@ -562,6 +570,6 @@ def write_nwb_sessions(
             raise ValueError(f"kind must be 'ophys' or 'units', not {kind!r}")
         path = directory / f"{prefix}{s:02d}.nwb"
         with NWBHDF5IO(str(path), "w") as io:
-            io.write(nwb)
+            io.write(nwb, cache_spec=cache_spec)
         paths.append(path)
     return paths

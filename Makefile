@@ -1,0 +1,50 @@
+# rulefinder: two commands on a fresh machine.
+#   make run   creates .venv, installs, runs the main job
+#   make test  creates .venv if missing, installs, runs the whole test suite (fast + slow tier)
+
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+TORCH_CPU_VERSION ?= 2.13.0
+# The torch build is chosen first: the CPU build on machines without an NVIDIA GPU (small,
+# and on this kind of machine a wheel on local disk), PyPI's default (CUDA) build where
+# nvidia-smi answers. Its exact version is then written to a constraints file so that nothing
+# installed afterwards can replace it.
+HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
+
+.PHONY: run test test-fast test-slow install examples bench clean
+
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(HAS_GPU),yes)
+	$(PIP) install "torch>=2.3"
+	$(PY) -c "import torch; print('torch==' + torch.__version__)" > $(VENV)/constraints.txt
+else
+	$(PIP) install -c constraints-cpu.txt "torch==$(TORCH_CPU_VERSION)"
+	cp constraints-cpu.txt $(VENV)/constraints.txt
+endif
+	$(PIP) install -c $(VENV)/constraints.txt -e ".[test]"
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/rulefinder rules
+	$(VENV)/bin/rulefinder inspect examples/mlp_backprop.npz examples/mlp_backprop.zarr.zip examples/ophys_mouse examples/ephys_units
+
+test: install
+	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m slow -q || test $$? -eq 5
+
+test-fast: install
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: install
+	$(PY) -m pytest -m slow -q
+
+examples: install
+	$(PY) examples/make_examples.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,184 @@
+"""The ``rulefinder`` command line. Every command has ``--help``; ``--json`` gives machine output.
+
+Heavy imports (torch, the zoo, the store) happen inside the commands that need them, so
+``rulefinder --help`` and ``rulefinder inspect`` start quickly.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from rulefinder.recording import (
+    RecordingError,
+    group_inputs,
+    load_recording_with_warnings,
+    save_npz,
+    summarize,
+)
+
+app = typer.Typer(
+    name="rulefinder",
+    help="Identify the learning rule a brain area uses from recordings over the course of learning.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+store_app = typer.Typer(help="The Zarr store of zoo observables.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _split_csv(value: Optional[str]) -> Optional[list[str]]:
+    if value is None:
+        return None
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+@app.callback()
+def _main(
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
+) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def inspect(
+    paths: Annotated[list[Path], typer.Argument(help=".npz, .zarr.zip, .nwb files or directories of .nwb files.")],
+    area_order: Annotated[
+        Optional[str], typer.Option(help="Comma-separated areas from input to output side (NWB has none).")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Summarise each recording: sessions, stimuli, units per area, NaN fraction, session_time range, warnings.
+
+    A .npz or .zarr.zip path is one recording; a directory of .nwb files, or .nwb paths given
+    together, is one recording.
+    """
+    try:
+        groups = group_inputs(paths)
+    except RecordingError as exc:
+        _fail(str(exc))
+    summaries = []
+    failed = False
+    for group in groups:
+        label = str(group[0].parent) if len(group) > 1 else str(group[0])
+        try:
+            rec, notes = load_recording_with_warnings(group, area_order=_split_csv(area_order))
+        except RecordingError as exc:
+            failed = True
+            summaries.append({"source": label, "error": str(exc)})
+            continue
+        summaries.append(summarize(rec, source=label, warnings=notes).model_dump())
+    if as_json:
+        typer.echo(json.dumps(summaries, indent=2))
+    else:
+        for s in summaries:
+            typer.echo(_format_summary(s))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _format_summary(s: dict) -> str:
+    if "error" in s:
+        return f"{s['source']}\n  error: {s['error']}\n"
+    lines = [
+        s["source"],
+        f"  sessions {s['sessions']}  stimuli {s['stimuli']}  units {s['units']}  "
+        f"NaN {s['nan_fraction']:.1%}  session_time {s['session_time_min']:g} .. {s['session_time_max']:g}"
+        + ("  (performance)" if s["has_performance"] else ""),
+    ]
+    depth = "input -> output" if s["area_order"] else "depth unknown"
+    lines.append(f"  areas ({depth}):")
+    for a in s["areas"]:
+        extra = f", {a['constant_units']} constant" if a["constant_units"] else ""
+        lines.append(f"    {a['area']:<16} {a['units']} units{extra}")
+    for w in s["warnings"]:
+        lines.append(f"  warning: {w}")
+    return "\n".join(lines) + "\n"
+
+
+@app.command()
+def reduce(
+    nwb: Annotated[list[Path], typer.Argument(help="The .nwb session files of one recording (or a directory of them).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Output .npz path.")],
+    area_order: Annotated[
+        Optional[str], typer.Option(help="Comma-separated areas from input to output side.")
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Turn NWB session files into the compact NPZ form, locally (raw imaging is never read)."""
+    try:
+        groups = group_inputs(nwb)
+        if len(groups) != 1 or any(not str(p).lower().endswith(".nwb") for p in groups[0]):
+            _fail("reduce takes the .nwb session files of one recording (or one directory of them)")
+        rec, notes = load_recording_with_warnings(groups[0], area_order=_split_csv(area_order))
+    except RecordingError as exc:
+        _fail(str(exc))
+    if not str(out).endswith(".npz"):
+        _fail(f"{out}: the output must end in .npz")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_npz(rec, out)
+    summary = summarize(rec, source=str(out), warnings=notes)
+    if as_json:
+        typer.echo(summary.model_dump_json(indent=2))
+    else:
+        for w in notes:
+            typer.echo(f"warning: {w}", err=True)
+        typer.echo(
+            f"wrote {out} ({out.stat().st_size} bytes): {summary.sessions} sessions, "
+            f"{summary.stimuli} stimuli, {summary.units} units"
+        )
+
+
+@app.command()
+def rules(as_json: JsonFlag = False) -> None:
+    """The learning-rule catalogue: id, family, description, reference, architectures."""
+    from training_zoo.rules import catalogue
+
+    entries = catalogue()
+    if as_json:
+        typer.echo(json.dumps(entries, indent=2))
+        return
+    for e in entries:
+        typer.echo(f"{e['id']:<30} {e['family']:<20} {', '.join(e['architectures'])}")
+        typer.echo(f"    {e['description']}")
+        typer.echo(f"    {e['reference']}")
+
+
+@store_app.command("info")
+def store_info_cmd(
+    path: Annotated[str, typer.Argument(help="Store path or fsspec URL (memory://, s3://...).")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Networks per rule, architecture and task; size; completeness."""
+    from rulefinder.store import store_info
+
+    try:
+        info = store_info(path)
+    except (FileNotFoundError, ValueError) as exc:
+        _fail(f"{path}: {exc}")
+    typer.echo(info.model_dump_json(indent=2) if as_json else info.to_text())
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
