@@ -141,7 +141,7 @@ def make_recording(
                 source,
                 "session_time",
                 f"session_time is not strictly increasing: session {i + 1} has time "
-                f"{st[i + 1]!r} after {st[i]!r}",
+                f"{float(st[i + 1])!r} after {float(st[i])!r}",
             )
 
     if unit_area is None:
@@ -207,7 +207,7 @@ def make_recording(
             raise RecordingError(
                 source,
                 "performance",
-                f"performance has value {bad!r}: expected values in [0, 1]",
+                f"performance has value {float(bad)!r}: expected values in [0, 1]",
             )
         coords["performance"] = ("session", perf)
 

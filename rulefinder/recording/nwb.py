@@ -92,7 +92,7 @@ def _global_ids(table, src: str, name: str) -> np.ndarray | None:
         raise RecordingError(
             src,
             "global_id",
-            f"global_id of the {name} table repeats value {uniq[counts > 1][0]!r}: "
+            f"global_id of the {name} table repeats value {uniq[counts > 1][0].item()!r}: "
             "expected each unit once per file",
         )
     return gid
@@ -150,7 +150,7 @@ def _read_trials(nwb, src: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
             raise RecordingError(
                 src,
                 "trials.performance",
-                f"trials.performance has value {bad[0]!r}: expected per-trial scores in [0, 1]",
+                f"trials.performance has value {float(bad[0])!r}: expected per-trial scores in [0, 1]",
             )
     return start, stop, stim, perf
 
@@ -216,7 +216,7 @@ def _read_ophys(container, src, start, stop):
         uniq, counts = np.unique(gid, return_counts=True)
         if (counts > 1).any():
             raise RecordingError(
-                src, "global_id", f"global_id repeats value {uniq[counts > 1][0]!r} across planes: expected each unit once"
+                src, "global_id", f"global_id repeats value {uniq[counts > 1][0].item()!r} across planes: expected each unit once"
             )
     return np.concatenate(values, axis=1), np.asarray(areas), gid
 

@@ -13,6 +13,7 @@ import stat
 import tempfile
 import warnings
 import zipfile
+import zlib
 from pathlib import Path, PurePosixPath
 
 import xarray as xr
@@ -76,17 +77,22 @@ def safe_extract_zip(path: Path, dest: Path, src: str) -> None:
                 target.mkdir(parents=True, exist_ok=True)
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
-            with zf.open(info) as fin, open(target, "wb") as fout:
-                while chunk := fin.read(_CHUNK):
-                    written += len(chunk)
-                    if written > limit:
-                        raise RecordingError(
-                            src,
-                            info.filename,
-                            f"zip unpacks to more than {limit} bytes (headers claimed {declared}): "
-                            "expected at most RULEFINDER_MAX_UNPACKED_BYTES",
-                        )
-                    fout.write(chunk)
+            try:
+                with zf.open(info) as fin, open(target, "wb") as fout:
+                    while chunk := fin.read(_CHUNK):
+                        written += len(chunk)
+                        if written > limit:
+                            raise RecordingError(
+                                src,
+                                info.filename,
+                                f"zip unpacks to more than {limit} bytes (headers claimed {declared}): "
+                                "expected at most RULEFINDER_MAX_UNPACKED_BYTES",
+                            )
+                        fout.write(chunk)
+            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+                raise RecordingError(
+                    src, info.filename, f"zip member {info.filename!r} is corrupt: {exc}"
+                ) from None
 
 
 def _find_store_root(root: Path, src: str) -> Path:
