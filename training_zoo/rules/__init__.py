@@ -4,3 +4,4 @@ from training_zoo.rules.base import LearningRule, RuleStep
 from training_zoo.rules.registry import FAMILIES, all_rules, catalogue, get_rule, register
 
 __all__ = ["FAMILIES", "LearningRule", "RuleStep", "all_rules", "catalogue", "get_rule", "register"]
+from training_zoo.rules import backprop  # noqa: E402,F401

@@ -1,0 +1,218 @@
+"""The population trainer: M networks of one architecture and task trained at once.
+
+One population shares the architecture shape, the task, the rule, the optimizer, the batch
+size and the minibatch order (all drawn from ``seed``); each network has its own learning
+rate (and, through :func:`training_zoo.architectures.reinitialise`, its own init seed,
+scheme and scale). Every step:
+
+    step = rule.step(net, state, x_batch, y_batch)       # descent directions, loss (M,)
+    optimizer.step(step.weights + step.biases, frozen)  # p <- p - lr * opt(direction)
+
+Divergence: a network whose batch loss is non-finite or above ``blowup_loss``, or whose
+update is non-finite, is marked diverged at that step, restored to its last checkpoint
+snapshot and frozen there (it stops moving; the log says so; its record carries
+``diverged=True``). Nothing non-finite is ever recorded.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from training_zoo.optimizers import make_optimizer
+from training_zoo.rules.base import LearningRule
+from training_zoo.tasks import Task, load_task
+
+log = logging.getLogger(__name__)
+
+SPACINGS = ("even", "geometric")
+
+
+def checkpoint_steps(total_steps: int, count: int = 21, spacing: str = "even") -> list[int]:
+    """``count`` strictly increasing steps from 0 to ``total_steps`` (inclusive).
+
+    ``even``: linearly spaced; ``geometric``: 0 then geometrically spaced from 1, so early
+    learning is sampled densely.
+    """
+    if spacing not in SPACINGS:
+        raise ValueError(f"unknown checkpoint spacing {spacing!r}; known: {', '.join(SPACINGS)}")
+    if count < 2:
+        raise ValueError("need at least 2 checkpoints")
+    if total_steps < count - 1:
+        raise ValueError(f"{total_steps} training steps cannot hold {count} distinct checkpoints")
+    if spacing == "even":
+        raw = np.linspace(0, total_steps, count)
+    else:
+        raw = np.concatenate([[0.0], np.geomspace(1, total_steps, count - 1)])
+    steps = [int(round(s)) for s in raw]
+    for i in range(1, count):  # rounding may collide at the dense end: push forward
+        steps[i] = max(steps[i], steps[i - 1] + 1)
+    for i in range(count - 2, -1, -1):  # ... and stay inside the run
+        steps[i] = min(steps[i], steps[i + 1] - 1)
+    steps[-1] = total_steps
+    return steps
+
+
+@torch.no_grad()
+def evaluate(net, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network (accuracy, mean cross-entropy) on ``(x, y)``: two (M,) tensors."""
+    correct = torch.zeros(net.m, device=x.device, dtype=torch.float64)
+    loss = torch.zeros(net.m, device=x.device, dtype=torch.float64)
+    for i in range(0, len(x), chunk):
+        z = net.logits(x[i : i + chunk])
+        yy = y[i : i + chunk]
+        correct += (z.argmax(-1) == yy.unsqueeze(0)).sum(1).double()
+        ce = torch.nn.functional.cross_entropy(
+            z.reshape(-1, z.shape[-1]).double(), yy.repeat(net.m), reduction="none"
+        ).reshape(net.m, -1)
+        loss += ce.sum(1)
+    return (correct / len(x)).float(), (loss / len(x)).float()
+
+
+def _as_rule(rule) -> LearningRule:
+    if isinstance(rule, LearningRule):
+        return rule
+    from training_zoo.rules.registry import get_rule
+
+    return get_rule(rule)()
+
+
+def train_population(
+    rule,
+    net,
+    task,
+    optimizer: str = "sgd",
+    lr=0.05,
+    epochs: float = 5,
+    batch_size: int = 32,
+    seed: int = 0,
+    *,
+    max_steps: int | None = None,
+    checkpoints: Sequence[int] | None = None,
+    recorder=None,
+    optimizer_kwargs: dict | None = None,
+    blowup_loss: float = 1e3,
+    progress: bool = False,
+) -> dict:
+    """Train the M networks of ``net`` (a DenseStack or PopulationCNN) in place.
+
+    Args:
+        rule: a :class:`LearningRule` instance or a registered rule id.
+        net: the population (its device is the training device).
+        task: a :class:`Task` or a task name for :func:`load_task`.
+        optimizer: ``sgd`` | ``momentum`` | ``adam``; ``lr`` a float or a per-network (M,) tensor.
+        epochs: passes over the training set (fractions allowed); ``max_steps`` caps the steps.
+        seed: fixes the rule's state (feedback weights, noise) and the minibatch order.
+        checkpoints: steps at which ``recorder.record(step, net, train_loss, test_acc)`` is
+            called (0 = before training); needs a recorder.
+
+    Returns a dict: ``test_accuracy`` (M,), ``test_loss`` (M,), ``train_loss`` (M,) (mean batch
+    loss over the last epoch), ``diverged`` (M,) bool, ``diverged_step`` (M,) (-1 if not),
+    ``steps``, ``seconds``, ``state`` (the rule's final state).
+    """
+    rule = _as_rule(rule)
+    if isinstance(task, str):
+        task = load_task(task)
+    device = net.device
+    task = task.to(device)
+    m = net.m
+    gen = torch.Generator().manual_seed(int(seed))
+    state = rule.init_state(net, gen)
+    opt = make_optimizer(optimizer, net.parameters(), lr, **(optimizer_kwargs or {}))
+
+    n = len(task.y_train)
+    batch_size = min(int(batch_size), n)
+    per_epoch = n // batch_size
+    total = int(math.ceil(epochs * per_epoch))
+    if max_steps is not None:
+        total = min(total, int(max_steps))
+    ckpts = sorted(set(int(c) for c in checkpoints)) if checkpoints is not None else []
+    if ckpts and recorder is None:
+        raise ValueError("checkpoints were given without a recorder")
+    x_fit, y_fit = task.x_train[:512], task.y_train[:512]
+
+    diverged = torch.zeros(m, dtype=torch.bool, device=device)
+    diverged_step = torch.full((m,), -1, dtype=torch.long)
+    snapshot = [p.clone() for p in net.parameters()]
+    recent = torch.zeros(m, device=device)
+    recent_n = 0
+    next_ck = 0
+
+    def checkpoint(step: int) -> None:
+        nonlocal next_ck
+        acc, _ = evaluate(net, task.x_test, task.y_test)
+        _, fit_loss = evaluate(net, x_fit, y_fit)
+        recorder.record(step, net, fit_loss, acc)
+        for s, p in zip(snapshot, net.parameters()):
+            s.copy_(p)
+        next_ck += 1
+
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"{rule.id} x{m}", leave=False)
+    step = 0
+    perm = torch.randperm(n, generator=gen).to(device)
+    pos = 0
+    while True:
+        if next_ck < len(ckpts) and ckpts[next_ck] == step:
+            checkpoint(step)
+        if step >= total:
+            break
+        if pos + batch_size > n:
+            perm = torch.randperm(n, generator=gen).to(device)
+            pos = 0
+        idx = perm[pos : pos + batch_size]
+        pos += batch_size
+        out = rule.step(net, state, task.x_train[idx], task.y_train[idx])
+        directions = [*out.weights, *out.biases]
+        loss = out.loss.detach()
+        bad = ~torch.isfinite(loss) | (loss > blowup_loss)
+        for d in directions:
+            bad |= ~torch.isfinite(d).reshape(m, -1).all(1)
+        new = bad & ~diverged
+        if bool(new.any()):
+            idx_new = torch.nonzero(new).flatten().tolist()
+            log.warning("rule %s: networks %s diverged at step %d (loss %s); frozen at last checkpoint",
+                        rule.id, idx_new, step, loss[new].tolist())
+            diverged |= new
+            diverged_step[new.cpu()] = step
+            with torch.no_grad():
+                for s, p in zip(snapshot, net.parameters()):
+                    p[new] = s[new]
+        if bool(diverged.any()):
+            keep = (~diverged).to(directions[0].dtype)
+            directions = [torch.nan_to_num(d, nan=0.0, posinf=0.0, neginf=0.0)
+                          * keep.view(-1, *([1] * (d.dim() - 1))) for d in directions]
+            loss = torch.where(diverged, torch.zeros_like(loss), loss)
+        opt.step(directions, frozen=diverged)
+        if total - step <= per_epoch:
+            recent += loss
+            recent_n += 1
+        step += 1
+        if bar is not None:
+            bar.update(1)
+    if bar is not None:
+        bar.close()
+    acc, test_loss = evaluate(net, task.x_test, task.y_test)
+    seconds = time.perf_counter() - t0
+    log.info("rule %s: trained %d networks for %d steps in %.2fs (mean test acc %.3f, %d diverged)",
+             rule.id, m, total, seconds, float(acc[~diverged].mean()) if (~diverged).any() else float("nan"),
+             int(diverged.sum()))
+    return {
+        "test_accuracy": acc.cpu(),
+        "test_loss": test_loss.cpu(),
+        "train_loss": (recent / max(recent_n, 1)).cpu(),
+        "diverged": diverged.cpu(),
+        "diverged_step": diverged_step,
+        "steps": total,
+        "seconds": seconds,
+        "state": state,
+    }
