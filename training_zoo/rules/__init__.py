@@ -5,3 +5,7 @@ from training_zoo.rules.registry import FAMILIES, all_rules, catalogue, get_rule
 
 __all__ = ["FAMILIES", "LearningRule", "RuleStep", "all_rules", "catalogue", "get_rule", "register"]
 from training_zoo.rules import backprop  # noqa: E402,F401
+from training_zoo.rules import node_perturbation  # noqa: E402,F401
+from training_zoo.rules import brainprop  # noqa: E402,F401
+from training_zoo.rules import hebbian  # noqa: E402,F401
+from training_zoo.rules import feedback_alignment  # noqa: E402,F401
