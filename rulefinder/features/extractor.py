@@ -1,0 +1,250 @@
+"""Feature vectors for recordings: one code path for zoo networks and uploaded recordings.
+
+A recording (dims ``session, stimulus, unit``) becomes one feature vector per area: every
+statistic of :mod:`rulefinder.features.statistics` as a trajectory over the canonical grid of
+relative time (:mod:`rulefinder.features.resample`), then the area's depth.
+
+* :func:`recording_features` one recording -> ``(area, stat, time)``.
+* :func:`block_features` many recordings of the same shape (a zoo shard: ``(R, S, K, N)``
+  numpy or torch, or a DataArray with a leading ``network``/``recording`` dim) ->
+  ``(recording, area, stat, time)``. The same functions run on the same rows, so both give
+  identical numbers for the same recording.
+* :class:`FeatureExtractor` the scikit-learn transformer over both: rows are
+  ``(recording, area)`` samples, columns the flat feature vector named by ``feature_names_``.
+
+Depth: ``depth`` is the area's position in ``area_order`` as a fraction (0 = input side,
+1 = output side; 0.5 for a single area) and ``depth_known`` is 1; without ``area_order``,
+``depth`` is 0.5 and ``depth_known`` 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import xarray as xr
+from sklearn.base import BaseEstimator, TransformerMixin
+
+from rulefinder.features.resample import DEFAULT_N_TIMES, canonical_grid, resample
+from rulefinder.features.statistics import STAT_NAMES, session_statistics
+from rulefinder.recording.model import DIMS, areas_of, validate_recording
+
+log = logging.getLogger(__name__)
+
+DEPTH_FEATURES = ("depth", "depth_known")
+BLOCK_DIMS = ("recording", "session", "stimulus", "unit")
+
+
+def feature_names(n_times: int = DEFAULT_N_TIMES) -> list[str]:
+    """Names of the flat vector: ``<stat>@t<relative time>`` then the depth features."""
+    grid = canonical_grid(n_times)
+    return [f"{s}@t{g:.2f}" for s in STAT_NAMES for g in grid] + list(DEPTH_FEATURES)
+
+
+def _depths(areas: Sequence[str], area_order) -> tuple[np.ndarray, bool]:
+    if not area_order:
+        return np.full(len(areas), 0.5), False
+    order = list(area_order)
+    span = max(len(order) - 1, 1)
+    pos = [order.index(a) / span if len(order) > 1 else 0.5 for a in areas]
+    return np.asarray(pos, dtype=np.float64), True
+
+
+def _area_columns(unit_area: np.ndarray, areas: Sequence[str]) -> list[np.ndarray]:
+    return [np.flatnonzero(unit_area == a) for a in areas]
+
+
+def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray], n_times: int) -> np.ndarray:
+    """``values`` (R, S, K, N) -> (R, A, F, G). Row-independent: a recording gives the same
+    numbers alone or inside a block."""
+    out = np.empty((values.shape[0], len(cols), len(STAT_NAMES), n_times))
+    for ai, idx in enumerate(cols):
+        block = values[..., idx] if idx.size != values.shape[-1] else values
+        out[:, ai] = resample(session_statistics(block), session_time, n_times)
+    return out
+
+
+def _as_array(block) -> np.ndarray:
+    if hasattr(block, "detach"):  # torch.Tensor, without importing torch here
+        block = block.detach().cpu().numpy()
+    return np.asarray(block)
+
+
+def _stat_array(data: np.ndarray, areas, depth, known, n_times, lead: dict | None = None) -> xr.DataArray:
+    dims = (*(lead or {}), "area", "stat", "time")
+    coords = {
+        **{k: v for k, v in (lead or {}).items()},
+        "area": list(areas),
+        "stat": list(STAT_NAMES),
+        "time": canonical_grid(n_times),
+        "depth": ("area", depth),
+        "depth_known": ("area", np.full(len(areas), float(known))),
+    }
+    return xr.DataArray(data, dims=dims, coords=coords, name="features")
+
+
+def recording_features(rec: xr.DataArray, n_times: int = DEFAULT_N_TIMES) -> xr.DataArray:
+    """Features of one recording, dims ``(area, stat, time)`` with coords ``depth``,
+    ``depth_known`` per area and ``time`` the canonical relative time."""
+    rec = validate_recording(rec)
+    areas = areas_of(rec)
+    cols = _area_columns(rec.coords["unit_area"].values, areas)
+    values = rec.transpose(*DIMS).values[None]
+    data = _compute(values, rec.coords["session_time"].values, cols, n_times)[0]
+    depth, known = _depths(areas, rec.attrs.get("area_order"))
+    return _stat_array(data, areas, depth, known, n_times)
+
+
+def block_features(
+    block,
+    session_time=None,
+    unit_area=None,
+    area_order: Sequence[str] | None = None,
+    n_times: int = DEFAULT_N_TIMES,
+    n_threads: int | None = None,
+    chunk: int = 4,
+) -> xr.DataArray:
+    """Features of many recordings of one shape at once, dims ``(recording, area, stat, time)``.
+
+    ``block`` is ``(R, S, K, N)`` (numpy, torch, or a DataArray whose dims are a leading
+    recording/network dim then ``session, stimulus, unit``; its ``session_time``, ``unit_area``
+    coords and ``area_order`` attr are used when the arguments are not given).
+    ``session_time`` is ``(S,)`` or ``(R, S)``; ``unit_area`` ``(N,)``. Work is split into chunks
+    of ``chunk`` recordings run on ``n_threads`` threads (default: the CPUs available); numpy
+    releases the GIL in the heavy loops.
+    """
+    lead_name = "recording"
+    lead_coord = None
+    if isinstance(block, xr.DataArray):
+        lead_name = next(d for d in block.dims if d not in DIMS)
+        block = block.transpose(lead_name, *DIMS)
+        if session_time is None and "session_time" in block.coords:
+            session_time = block.coords["session_time"].values
+        if unit_area is None and "unit_area" in block.coords:
+            unit_area = block.coords["unit_area"].values
+        if area_order is None:
+            area_order = block.attrs.get("area_order")
+        lead_coord = block.coords[lead_name].values if lead_name in block.coords else None
+        block = block.values
+    values = _as_array(block)
+    if values.ndim != 4:
+        raise ValueError(f"block has shape {values.shape}: expected 4 dims {BLOCK_DIMS}")
+    r, s, k, n = values.shape
+    if s < 2 or k < 2 or n < 1:
+        raise ValueError(f"block has shape {values.shape}: expected S >= 2, K >= 2, N >= 1")
+    st = np.arange(s, dtype=np.float64) if session_time is None else np.asarray(session_time, np.float64)
+    if st.shape not in ((s,), (r, s)):
+        raise ValueError(f"session_time has shape {st.shape}: expected ({s},) or ({r}, {s})")
+    if (np.diff(st, axis=-1) <= 0).any():
+        raise ValueError("session_time is not strictly increasing")
+    ua = np.full(n, "all") if unit_area is None else np.asarray(unit_area).astype(str)
+    if ua.shape != (n,):
+        raise ValueError(f"unit_area has shape {ua.shape}: expected ({n},)")
+    if area_order:
+        areas = [a for a in area_order if a in set(ua.tolist())]
+        missing = sorted(set(ua.tolist()) - set(areas))
+        if missing:
+            raise ValueError(f"area_order {list(area_order)} lacks area(s) {missing}")
+    else:
+        areas = list(dict.fromkeys(ua.tolist()))
+    cols = _area_columns(ua, areas)
+
+    starts = list(range(0, r, max(chunk, 1)))
+    out = np.empty((r, len(areas), len(STAT_NAMES), n_times))
+
+    def work(i0: int) -> None:
+        i1 = min(i0 + chunk, r)
+        sti = st if st.ndim == 1 else st[i0:i1]
+        out[i0:i1] = _compute(values[i0:i1], sti, cols, n_times)
+
+    threads = n_threads or len(os.sched_getaffinity(0))
+    if threads > 1 and len(starts) > 1:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(work, starts))
+    else:
+        for i0 in starts:
+            work(i0)
+    depth, known = _depths(areas, area_order)
+    lead = {lead_name: lead_coord if lead_coord is not None else np.arange(r)}
+    return _stat_array(out, areas, depth, known, n_times, lead)
+
+
+def flatten(features: xr.DataArray) -> xr.DataArray:
+    """``(..., area, stat, time)`` -> ``(sample, feature)``: one row per (recording, area), the
+    trajectories flattened stat-major, then ``depth`` and ``depth_known``."""
+    lead = [d for d in features.dims if d not in ("area", "stat", "time")]
+    f = features.transpose(*lead, "area", "stat", "time")
+    n_times = f.sizes["time"]
+    traj = f.values.reshape(-1, f.sizes["stat"] * n_times)
+    n_area = f.sizes["area"]
+    reps = int(np.prod([f.sizes[d] for d in lead])) if lead else 1
+    depth = np.tile(f.coords["depth"].values, reps)
+    known = np.tile(f.coords["depth_known"].values, reps)
+    data = np.concatenate([traj, depth[:, None], known[:, None]], axis=1)
+    coords = {
+        "feature": feature_names(n_times),
+        "area": ("sample", np.tile(np.asarray(f.coords["area"].values), reps)),
+        "depth": ("sample", depth),
+    }
+    for d in lead:
+        lv = f.coords[d].values if d in f.coords else np.arange(f.sizes[d])
+        coords[d] = ("sample", np.repeat(lv, n_area))
+    return xr.DataArray(data, dims=("sample", "feature"), coords=coords, name="features")
+
+
+class FeatureExtractor(TransformerMixin, BaseEstimator):
+    """scikit-learn transformer: recordings -> ``(sample, feature)`` rows, one per area.
+
+    Parameters:
+        n_times: points of the canonical relative-time grid each trajectory is resampled onto.
+        n_threads: threads for :meth:`transform_block` (default: the CPUs available).
+        chunk: recordings per unit of threaded work.
+
+    Stateless: ``fit`` only records ``feature_names_`` and ``n_features_out_``.
+    ``transform(recordings)`` takes one recording or an iterable of them (any shapes, any
+    areas); ``transform_block(block, ...)`` takes many of the same shape at once. Both return
+    an ``xr.DataArray`` with dims ``(sample, feature)`` and sample coords ``recording``,
+    ``area``, ``depth``; ``np.asarray`` of it is the matrix a classifier wants.
+    """
+
+    def __init__(self, n_times: int = DEFAULT_N_TIMES, n_threads: int | None = None, chunk: int = 4):
+        self.n_times = n_times
+        self.n_threads = n_threads
+        self.chunk = chunk
+
+    def fit(self, X=None, y=None):
+        self.feature_names_ = feature_names(self.n_times)
+        self.n_features_out_ = len(self.feature_names_)
+        return self
+
+    def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        return np.asarray(feature_names(self.n_times), dtype=object)
+
+    def transform(self, recordings: xr.DataArray | Iterable[xr.DataArray]) -> xr.DataArray:
+        if isinstance(recordings, xr.DataArray):
+            recordings = [recordings]
+        if not hasattr(self, "feature_names_"):
+            self.fit()
+        parts = []
+        for i, rec in enumerate(recordings):
+            flat = flatten(recording_features(rec, self.n_times).expand_dims(recording=[i]))
+            parts.append(flat)
+        if not parts:
+            return xr.DataArray(
+                np.empty((0, len(self.feature_names_))),
+                dims=("sample", "feature"),
+                coords={"feature": self.feature_names_},
+                name="features",
+            )
+        return xr.concat(parts, dim="sample")
+
+    def transform_block(self, block, session_time=None, unit_area=None, area_order=None) -> xr.DataArray:
+        if not hasattr(self, "feature_names_"):
+            self.fit()
+        feats = block_features(
+            block, session_time, unit_area, area_order, self.n_times, self.n_threads, self.chunk
+        )
+        return flatten(feats)
