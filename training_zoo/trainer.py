@@ -145,7 +145,22 @@ def train_population(
 
     def checkpoint(step: int) -> None:
         nonlocal next_ck
-        acc, _ = evaluate(net, task.x_test, task.y_test)
+        # The last update may have blown a network up after its loss was checked: catch that
+        # here so that nothing non-finite or exploded is ever recorded.
+        acc, test_loss = evaluate(net, task.x_test, task.y_test)
+        finite = torch.ones(m, dtype=torch.bool, device=device)
+        for p in net.parameters():
+            finite &= torch.isfinite(p).reshape(m, -1).all(1)
+        blown = (~finite | ~torch.isfinite(test_loss) | (test_loss > blowup_loss)) & ~diverged
+        if bool(blown.any()):
+            log.warning("rule %s: networks %s diverged before step %d; frozen at last checkpoint",
+                        rule.id, torch.nonzero(blown).flatten().tolist(), step)
+            diverged[:] = diverged | blown
+            diverged_step[blown.cpu()] = step
+            with torch.no_grad():
+                for s, p in zip(snapshot, net.parameters()):
+                    p[blown] = s[blown]
+            acc, _ = evaluate(net, task.x_test, task.y_test)
         _, fit_loss = evaluate(net, x_fit, y_fit)
         recorder.record(step, net, fit_loss, acc)
         for s, p in zip(snapshot, net.parameters()):
