@@ -1,0 +1,78 @@
+"""Hebbian learning: competing hidden units (Krotov & Hopfield 2019) under a delta-rule readout."""
+
+from __future__ import annotations
+
+import torch
+
+from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.node_perturbation import per_example_ce
+from training_zoo.rules.registry import register
+
+
+@register
+class Hebbian(LearningRule):
+    r"""Unsupervised, local Hebbian hidden layers with a supervised local readout.
+
+    Hidden layers (Krotov & Hopfield 2019, p = 2). For the input :math:`v = h_{l-1}` of hidden
+    layer l, unit currents are :math:`I_\mu = \langle W_\mu, v\rangle`. Units are ranked by
+    current; the winner gets :math:`g = 1`, the unit ranked ``rank`` gets :math:`g = -\Delta`
+    (anti-Hebbian competition), all others 0. The plasticity is
+
+    .. math::
+        \Delta W_\mu \propto \sum_b g_{\mu b}\,(v_b - I_{\mu b}\,W_\mu),
+
+    a competitive Oja rule that drives each winner's weight vector to the unit-norm direction of
+    the inputs it wins. Because every unit-norm prototype of a non-negative input has a positive
+    current, the bias is a homeostatic threshold (intrinsic plasticity): it falls when a unit is
+    active (:math:`a_\mu > 0`) more often than ``target_rate`` and rises otherwise,
+    :math:`\Delta b_\mu \propto \text{target} - \text{rate}_\mu`. For ``resmlp`` the rule acts on
+    the branch weights of each layer with that layer's input :math:`h_{l-1}`; the identity skip
+    carries no plastic weights.
+
+    Readout (delta rule): :math:`\Delta W_L \propto (y - \mathrm{softmax}(z))\,h_{L-1}^\top`.
+
+    Returned descent directions are minus these updates, averaged over the batch (Hebbian
+    terms) and scaled by ``hebbian_scale``.
+    """
+
+    id = "hebbian"
+    family = "hebbian"
+    reference = "Krotov & Hopfield 2019, PNAS; Oja 1982"
+    description = "Hebbian: competitive (Krotov-Hopfield) hidden layers with homeostatic thresholds, delta-rule readout"
+    supports = ("mlp", "resmlp")
+
+    def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.1,
+                 hebbian_scale: float = 1.0, temperature: float = 0.0):
+        self.rank = int(rank)
+        self.anti_hebbian = float(anti_hebbian)
+        self.target_rate = float(target_rate)
+        self.hebbian_scale = float(hebbian_scale)
+        self.temperature = float(temperature)
+
+    def step(self, net, state, x, y):
+        x = net.broadcast_input(x)
+        pre, post = net.forward(x)
+        m, b, c = post[-1].shape
+        dws, dbs = [], []
+        for layer in range(net.n_layers - 1):
+            v, w = post[layer], net.weights[layer]
+            current = torch.bmm(v, w.transpose(1, 2))  # (M, B, n)
+            if self.temperature > 0:
+                g = torch.softmax(current / self.temperature, dim=-1)
+            else:
+                k = min(self.rank, current.shape[-1])
+                order = current.topk(k, dim=-1).indices
+                g = torch.zeros_like(current)
+                if k > 1:
+                    g.scatter_(-1, order[..., k - 1 : k], -self.anti_hebbian)
+                g.scatter_(-1, order[..., :1], 1.0)
+            hebb = torch.bmm(g.transpose(1, 2), v) - (g * current).sum(1).unsqueeze(-1) * w
+            dws.append(-hebb * (self.hebbian_scale / b))
+            rate = (pre[layer] > 0).to(v.dtype).mean(1)
+            dbs.append((rate - self.target_rate) * self.hebbian_scale)
+        err = torch.softmax(post[-1], -1) - torch.nn.functional.one_hot(
+            y.unsqueeze(0).expand(m, -1) if y.dim() == 1 else y, c
+        ).to(post[-1].dtype)
+        dws.append(torch.bmm(err.transpose(1, 2), post[-2]) / b)
+        dbs.append(err.mean(1))
+        return RuleStep(weights=dws, biases=dbs, loss=per_example_ce(post[-1], y).mean(1))
