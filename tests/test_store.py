@@ -191,7 +191,7 @@ def test_a_writer_that_fails_mid_shard_leaves_a_readable_store_listing_the_rest(
             raise RuntimeError("writer died")
 
     with pytest.raises(RuntimeError, match="writer died"):
-        store.write_shard(records, "c", on_network=fail_after_two)
+        store.write_shard(records, "c", on_network=fail_after_two, write_batch=1)
     reopened = ZooStore.open(url)
     assert reopened.incomplete() == ["c/2", "c/3", "c/4"]
     assert reopened.select() == ["c/0", "c/1"]

@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 _SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 # float16 activations compress best with byte shuffling ahead of zstd (sign/exponent bytes
 # are far more regular than mantissa bytes).
-_ACTIVATION_CODEC = BloscCodec(cname="zstd", clevel=3, shuffle="shuffle", typesize=2)
+_ACTIVATION_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 
 class StoreError(RuntimeError):
@@ -196,12 +196,15 @@ class ZooStore:
         overwrite: bool = False,
         on_network: Callable[[int, str], None] | None = None,
         progress: bool | None = None,
+        write_batch: int = 8,
     ) -> list[str]:
         """Write ``records`` as shard ``shard_id``; return their network ids.
 
         The caller gives every concurrent writer its own ``shard_id`` (e.g. the pipeline's task
-        index); that is the only coordination needed. ``on_network(i, network_id)`` is called
-        after network ``i`` is complete (for progress reports).
+        index); that is the only coordination needed. Activations go down ``write_batch``
+        networks at a time (their chunks written concurrently), then those networks'
+        ``complete`` flags; ``on_network(i, network_id)`` is called after network ``i`` is
+        complete (for progress reports).
         """
         if self._root.read_only:
             raise StoreError(f"{self.url}: opened read-only; open with mode='r+' to write")
@@ -256,11 +259,19 @@ class ZooStore:
             dimension_names=("network", "checkpoint", "stimulus_slot", "unit_slot"),
         )
         show = progress if progress is not None else sys.stderr.isatty()
-        for i, record in enumerate(tqdm(records, desc=f"shard {shard_id}", disable=not show)):
-            acts[i : i + 1] = activations_block(record, s)
-            complete[i] = True  # last: a network is complete only once its data is down
-            if on_network is not None:
-                on_network(i, record.network_id)
+        batch = max(1, int(write_batch))
+        with tqdm(total=n, desc=f"shard {shard_id}", unit="net", disable=not show) as bar:
+            for start in range(0, n, batch):
+                stop = min(n, start + batch)
+                # zarr writes the batch's chunks concurrently; flags only after all are down.
+                acts[start:stop] = np.concatenate(
+                    [activations_block(r, s) for r in records[start:stop]]
+                )
+                complete[start:stop] = True
+                bar.update(stop - start)
+                if on_network is not None:
+                    for i in range(start, stop):
+                        on_network(i, records[i].network_id)
         self._table = None
         self._index = None
         log.info(
