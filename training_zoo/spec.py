@@ -172,6 +172,8 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
                                  "activation": str(rng.choice(_list(arch.get("activation", "relu"))))}
                         if family == "cnn":
                             options = arch.get("channels", [[8, 16]])
+                            if options and isinstance(options[0], int):  # one choice, written flat
+                                options = [options]
                             shape["channels"] = [int(c) for c in options[rng.integers(len(options))]]
                         else:
                             shape["depth"] = int(rng.choice(_list(arch.get("depth", 2))))
