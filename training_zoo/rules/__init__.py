@@ -11,3 +11,4 @@ from training_zoo.rules import hebbian  # noqa: E402,F401
 from training_zoo.rules import feedback_alignment  # noqa: E402,F401
 from training_zoo.rules import predictive_coding  # noqa: E402,F401
 from training_zoo.rules import equilibrium_propagation  # noqa: E402,F401
+from training_zoo.rules import target_propagation  # noqa: E402,F401
