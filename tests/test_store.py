@@ -137,6 +137,15 @@ def test_schema_version_attribute_and_refusal_of_other_versions(tmp_path):
         ZooStore.open(url)
 
 
+def test_create_refuses_an_existing_store_unless_exist_ok():
+    url = memory_url()
+    ZooStore.create(url).write_shard(make_shard("a", 1), "a")
+    with pytest.raises(StoreError, match="exists"):
+        ZooStore.create(url)
+    again = ZooStore.create(url, exist_ok=True)
+    assert again.select() == ["a/0"]
+
+
 def test_open_of_a_missing_store_or_another_zarr_fails_clearly(tmp_path):
     with pytest.raises(StoreError, match="no zoo store"):
         ZooStore.open(str(tmp_path / "absent.zarr"))

@@ -113,16 +113,25 @@ class ZooStore:
     def create(
         cls, url: str, *, storage_options: dict | None = None, exist_ok: bool = False
     ) -> ZooStore:
-        """Make an empty store (root group with ``schema_version``, and the shard group)."""
+        """Make an empty store (root group with ``schema_version``, and the shard group).
+
+        ``exist_ok=True`` opens an existing zoo store instead (so every writer of a pipeline
+        may call ``create``; one of them makes it).
+        """
         if exist_ok and location.read_root_json(url, storage_options) is not None:
             return cls.open(url, mode="r+", storage_options=storage_options)
         store = location.zarr_store(url, storage_options=storage_options)
-        root = zarr.open_group(
-            store,
-            mode="w-",
-            zarr_format=3,
-            attributes={"schema_version": SCHEMA_VERSION, "kind": STORE_KIND},
-        )
+        try:
+            root = zarr.open_group(
+                store,
+                mode="w-",
+                zarr_format=3,
+                attributes={"schema_version": SCHEMA_VERSION, "kind": STORE_KIND},
+            )
+        except FileExistsError as exc:
+            if exist_ok:  # another process made it between our check and our create
+                return cls.open(url, mode="r+", storage_options=storage_options)
+            raise StoreError(f"{url}: a store exists here (exist_ok=True to open it)") from exc
         root.create_group(SHARDS_GROUP)
         log.info("created zoo store %s (schema version %d)", url, SCHEMA_VERSION)
         return cls(url, root, storage_options=storage_options, consolidated=False)
