@@ -1,0 +1,59 @@
+"""Every registered rule really assigns credit (fast version of docs/rules.md's check).
+
+Yardstick: the same architecture with frozen random hidden layers and only the readout
+trained (``ReadoutOnly``). Gradient-approximating rules must gain at least half of backprop's
+gain over that baseline; node perturbation, Hebbian and Forward-Forward must beat it clearly
+(``training_zoo.baselines``). Each rule gets the same small learning-rate sweep per optimizer
+(one population each) and is judged by its best network, as are the baseline and backprop.
+A rule below its bar is a bug to find, not a bar to lower.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from training_zoo.baselines import ReadoutOnly, bar_kind, best_accuracy, passes_bar
+from training_zoo.rules import all_rules, get_rule
+from training_zoo.tasks import load_task
+
+LRS = {"sgd": [0.01, 0.03, 0.1, 0.3, 1.0], "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
+EPOCHS = 5
+# narrow enough that random hidden features are clearly worse than learned ones on digits
+ARCH = {"depth": 2, "width": 32, "activation": "relu"}
+
+
+def _arch(rule_cls) -> dict:
+    family = "mlp" if "mlp" in rule_cls.supports else rule_cls.supports[0]
+    return {"family": family, **ARCH}
+
+
+@pytest.fixture(scope="module")
+def task():
+    torch.set_num_threads(1)
+    return load_task("digits")
+
+
+@pytest.fixture(scope="module")
+def yardsticks(task):
+    arch = {"family": "mlp", **ARCH}
+    base = best_accuracy(ReadoutOnly(), arch, task, m_lrs=LRS, epochs=EPOCHS)["accuracy"]
+    bp = best_accuracy(get_rule("backprop")(), arch, task, m_lrs=LRS, epochs=EPOCHS)["accuracy"]
+    return base, bp
+
+
+def test_backprop_beats_the_random_feature_baseline(yardsticks):
+    base, bp = yardsticks
+    assert bp > base + 0.05, (base, bp)
+
+
+@pytest.mark.parametrize("rule_id", sorted(all_rules()))
+def test_rule_assigns_credit(rule_id, task, yardsticks):
+    base, bp = yardsticks
+    cls = get_rule(rule_id)
+    best = best_accuracy(cls(), _arch(cls), task, m_lrs=LRS, epochs=EPOCHS)
+    kind = bar_kind(rule_id, cls.family)
+    assert passes_bar(kind, best["accuracy"], base, bp), (
+        f"{rule_id}: accuracy {best['accuracy']:.3f} (best at {best['optimizer']} lr={best['lr']}); "
+        f"baseline {base:.3f}, backprop {bp:.3f}, bar {kind}"
+    )
