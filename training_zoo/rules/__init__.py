@@ -12,3 +12,4 @@ from training_zoo.rules import feedback_alignment  # noqa: E402,F401
 from training_zoo.rules import predictive_coding  # noqa: E402,F401
 from training_zoo.rules import equilibrium_propagation  # noqa: E402,F401
 from training_zoo.rules import target_propagation  # noqa: E402,F401
+from training_zoo.rules import burstprop  # noqa: E402,F401
