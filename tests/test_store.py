@@ -28,22 +28,16 @@ def assert_same_network(back, original) -> None:
     """The stored network equals the original up to float16 (activations) / float32 rounding."""
     rec, orig = back.recording, original.recording
     validate_recording(rec)
-    assert rec.dims == ("session", "stimulus", "unit")
-    np.testing.assert_array_equal(rec.values, f16(orig.values))  # NaN positions included
-    np.testing.assert_array_equal(rec["session_time"].values, orig["session_time"].values)
-    np.testing.assert_array_equal(rec["performance"].values, np.float32(orig["performance"].values))
-    np.testing.assert_array_equal(rec["stimulus"].values, orig["stimulus"].values)
-    np.testing.assert_array_equal(rec["unit_area"].values, orig["unit_area"].values)
-    assert rec.attrs["area_order"] == orig.attrs["area_order"]
+    # Identical (coordinates, attributes, name) to the original with float16-rounded values.
+    xr.testing.assert_identical(rec, orig.copy(data=f16(orig.values)))
     assert back.metadata == original.metadata
     assert back.extras == original.extras
     assert back.diverged == original.diverged
     for name in ("weight_stats", "activity_change", "train_loss"):
         got, want = getattr(back, name), getattr(original, name)
-        assert got.dims == want.dims
-        for dim in got.dims:
-            np.testing.assert_array_equal(got[dim].values, want[dim].values)
-        np.testing.assert_array_equal(got.values, want.values.astype(np.float32))
+        xr.testing.assert_identical(
+            got.rename(None), want.astype(np.float32).rename(None)
+        )
 
 
 def test_round_trip_of_records_in_memory_url():

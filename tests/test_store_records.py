@@ -36,21 +36,33 @@ def make_network_record(
         unit_area=np.repeat(layers, widths),
         performance=np.linspace(0.1, 0.9, checkpoints),
         area_order=layers,
+        # Like the zoo's recorder: unit ids name the layer and the unit sampled from it.
+        unit=[f"{layer}:{j}" for layer, w in zip(layers, widths, strict=True) for j in range(w)]
+        if seed % 2 == 0
+        else None,
+        attrs={"network_id": network_id},
     )
     # The output layer has weights but no recorded activity: an aux-only layer.
     wlayers = layers + ["readout"]
+    # Two conventions for the checkpoint axis: the zoo's (index + a `step` coordinate), and
+    # the step as the index itself.
+    ckpt = (
+        {"checkpoint": np.arange(checkpoints), "step": ("checkpoint", steps)}
+        if seed % 2 == 0
+        else {"checkpoint": steps}
+    )
     weight_stats = xr.DataArray(
         rng.normal(size=(checkpoints, len(wlayers), len(WEIGHT_STATS))),
         dims=("checkpoint", "layer", "weight_stat"),
-        coords={"checkpoint": steps, "layer": wlayers, "weight_stat": list(WEIGHT_STATS)},
+        coords={**ckpt, "layer": wlayers, "weight_stat": list(WEIGHT_STATS)},
     )
     activity_change = xr.DataArray(
         np.abs(rng.normal(size=(checkpoints, len(layers)))),
         dims=("checkpoint", "layer"),
-        coords={"checkpoint": steps, "layer": layers},
+        coords={**ckpt, "layer": layers},
     )
     train_loss = xr.DataArray(
-        np.exp(-np.arange(checkpoints) / 3.0), dims=("checkpoint",), coords={"checkpoint": steps}
+        np.exp(-np.arange(checkpoints) / 3.0), dims=("checkpoint",), coords=ckpt
     )
     metadata = {
         "rule": rule or RULES[seed % len(RULES)],

@@ -12,13 +12,15 @@ Layout (documented for users in ``docs/store.md``)::
           diverged     (network,)                                     bool
           n_checkpoints, n_stimuli, n_units, n_areas, n_layers, n_aux_checkpoints (network,) int32
           session_time (network, checkpoint)                          float64
-          accuracy     (network, checkpoint)                          float32  (test accuracy)
+          accuracy     (network, checkpoint)                          float64  (test accuracy)
           stimulus_id  (network, stimulus_slot)                       str
           stimulus_id_is_int (network,)                               bool
           layer_name   (network, layer_slot)                          str  (areas first, input->output)
           unit_layer   (network, unit_slot)                           int16 (index into layer_name; -1 = padding)
           activations  (network, checkpoint, stimulus_slot, unit_slot) float16, chunk = one network
-          aux_checkpoint (network, checkpoint)                        float64
+          aux_step     (network, checkpoint)                          float64 (training step of aux checkpoints)
+          aux_coords_json (network,)                                  str (JSON: every checkpoint coordinate)
+          unit_id      (network, unit_slot)                           str; unit_id_kind (network,) int8 0/1/2 = none/int/str
           train_loss   (network, checkpoint)                          float32
           weight_stats (network, checkpoint, layer_slot, weight_stat) float32, coord weight_stat
           has_weight_stats (network, layer_slot)                      bool
@@ -181,12 +183,15 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         table[key] = np.array([str(r.metadata[key]) for r in records], dtype=object)
 
     session_time = np.full((n, C), np.nan)
-    accuracy = np.full((n, C), np.nan, dtype=np.float32)
+    accuracy = np.full((n, C), np.nan)
     stimulus_id = np.full((n, K), "", dtype=object)
     stim_is_int = np.zeros(n, dtype=bool)
     layer_name = np.full((n, L), "", dtype=object)
     unit_layer = np.full((n, U), -1, dtype=np.int16)
-    aux_checkpoint = np.full((n, C), np.nan)
+    aux_step = np.full((n, C), np.nan)
+    aux_coords_json = np.full(n, "", dtype=object)
+    unit_id = np.full((n, U), "", dtype=object)
+    unit_id_kind = np.zeros(n, dtype=np.int8)
     train_loss = np.full((n, C), np.nan, dtype=np.float32)
     weight_stats = np.full((n, C, L, W), np.nan, dtype=np.float32)
     has_ws = np.zeros((n, L), dtype=bool)
@@ -210,11 +215,24 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
 
         a = aux_len[i]
         ws = r.weight_stats
-        aux_coord = ws.coords["checkpoint"].values if "checkpoint" in ws.coords else None
-        if aux_coord is None and a == c:
-            aux_coord = session_time[i, :c]
-        if aux_coord is not None:
-            aux_checkpoint[i, :a] = np.asarray(aux_coord, dtype=np.float64)
+        aux_coords = {
+            name: coord.values.tolist()
+            for name, coord in ws.coords.items()
+            if coord.dims == ("checkpoint",)
+        }
+        aux_coords_json[i] = to_json(aux_coords)
+        for name in ("step", "checkpoint"):
+            values = np.asarray(aux_coords.get(name, []))
+            if values.size == a and values.dtype.kind in "iuf":
+                aux_step[i, :a] = values
+                break
+        else:
+            if a == c:  # the zoo's aux checkpoints are its sessions
+                aux_step[i, :a] = session_time[i, :c]
+        if "unit" in rec.coords:
+            ids = rec.coords["unit"].values
+            unit_id_kind[i] = 1 if ids.dtype.kind in "iu" else 2
+            unit_id[i, :u] = [str(v) for v in ids.tolist()]
         train_loss[i, :a] = np.asarray(r.train_loss.values, dtype=np.float32).reshape(a)
         ws_layers = _layer_coord(ws, r, "weight_stats")
         ws_stats = (
@@ -241,7 +259,10 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "stimulus_id_is_int": (("network",), stim_is_int),
         "layer_name": (("network", "layer_slot"), layer_name),
         "unit_layer": (("network", "unit_slot"), unit_layer),
-        "aux_checkpoint": (("network", "checkpoint"), aux_checkpoint),
+        "aux_step": (("network", "checkpoint"), aux_step),
+        "unit_id": (("network", "unit_slot"), unit_id),
+        "unit_id_kind": (("network",), unit_id_kind),
+        "aux_coords_json": (("network",), aux_coords_json),
         "train_loss": (("network", "checkpoint"), train_loss),
         "weight_stats": (("network", "checkpoint", "layer_slot", "weight_stat"), weight_stats),
         "has_weight_stats": (("network", "layer_slot"), has_ws),
@@ -290,6 +311,11 @@ def decode_recording(
     if row["stimulus_id_is_int"]:
         stim = stim.astype(np.int64)
     perf = np.asarray(row["accuracy"][:c], dtype=np.float64)
+    kind = int(row.get("unit_id_kind", 0))
+    unit = None
+    if kind:
+        unit = np.array([str(v) for v in row["unit_id"][:u]])
+        unit = unit.astype(np.int64) if kind == 1 else unit
     return make_recording(
         np.asarray(activations[:c, :k, :u], dtype=np.float64),
         session_time=np.asarray(row["session_time"][:c], dtype=np.float64),
@@ -297,6 +323,7 @@ def decode_recording(
         stimulus=stim,
         performance=None if np.isnan(perf).all() else perf,
         area_order=layer_name[:na],
+        unit=unit,
         source=source,
         attrs=json.loads(row["recording_attrs_json"] or "{}"),
     )
@@ -306,8 +333,10 @@ def decode_aux(row: dict[str, Any], weight_stat_names: Sequence[str]) -> dict[st
     """weight_stats, activity_change and train_loss of one network from its row."""
     a = int(row["n_aux_checkpoints"])
     layer_name = np.array([str(s) for s in row["layer_name"][: int(row["n_layers"])]])
-    checkpoint = np.asarray(row["aux_checkpoint"][:a], dtype=np.float64)
-    ckpt = {"checkpoint": checkpoint} if not np.isnan(checkpoint).any() else {}
+    ckpt = {
+        name: ("checkpoint", np.asarray(values)) if name != "checkpoint" else np.asarray(values)
+        for name, values in json.loads(str(row["aux_coords_json"]) or "{}").items()
+    }
     ws_mask = np.asarray(row["has_weight_stats"][: len(layer_name)], dtype=bool)
     ws = np.asarray(row["weight_stats"][:a, : len(layer_name)], dtype=np.float32)[:, ws_mask]
     stats = list(weight_stat_names)
