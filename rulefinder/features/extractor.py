@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
+from threadpoolctl import threadpool_limits
 
 from rulefinder.features.resample import DEFAULT_N_TIMES, canonical_grid, resample
 from rulefinder.features.statistics import STAT_NAMES, session_statistics
@@ -55,6 +56,12 @@ def _depths(areas: Sequence[str], area_order) -> tuple[np.ndarray, bool]:
 
 def _area_columns(unit_area: np.ndarray, areas: Sequence[str]) -> list[np.ndarray]:
     return [np.flatnonzero(unit_area == a) for a in areas]
+
+
+def _one_blas_thread():
+    """Multithreaded BLAS on these small products only fights our own threads (and any other
+    work on the machine, where it busy-waits): one BLAS thread, parallel over recordings."""
+    return threadpool_limits(1, user_api="blas")
 
 
 def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray], n_times: int) -> np.ndarray:
@@ -93,7 +100,8 @@ def recording_features(rec: xr.DataArray, n_times: int = DEFAULT_N_TIMES) -> xr.
     areas = areas_of(rec)
     cols = _area_columns(rec.coords["unit_area"].values, areas)
     values = rec.transpose(*DIMS).values[None]
-    data = _compute(values, rec.coords["session_time"].values, cols, n_times)[0]
+    with _one_blas_thread():
+        data = _compute(values, rec.coords["session_time"].values, cols, n_times)[0]
     depth, known = _depths(areas, rec.attrs.get("area_order"))
     return _stat_array(data, areas, depth, known, n_times)
 
@@ -161,12 +169,13 @@ def block_features(
         out[i0:i1] = _compute(values[i0:i1], sti, cols, n_times)
 
     threads = n_threads or len(os.sched_getaffinity(0))
-    if threads > 1 and len(starts) > 1:
-        with ThreadPoolExecutor(threads) as pool:
-            list(pool.map(work, starts))
-    else:
-        for i0 in starts:
-            work(i0)
+    with _one_blas_thread():
+        if threads > 1 and len(starts) > 1:
+            with ThreadPoolExecutor(threads) as pool:
+                list(pool.map(work, starts))
+        else:
+            for i0 in starts:
+                work(i0)
     depth, known = _depths(areas, area_order)
     lead = {lead_name: lead_coord if lead_coord is not None else np.arange(r)}
     return _stat_array(out, areas, depth, known, n_times, lead)
@@ -229,9 +238,10 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         if not hasattr(self, "feature_names_"):
             self.fit()
         parts = []
-        for i, rec in enumerate(recordings):
-            flat = flatten(recording_features(rec, self.n_times).expand_dims(recording=[i]))
-            parts.append(flat)
+        with _one_blas_thread():
+            for i, rec in enumerate(recordings):
+                flat = flatten(recording_features(rec, self.n_times).expand_dims(recording=[i]))
+                parts.append(flat)
         if not parts:
             return xr.DataArray(
                 np.empty((0, len(self.feature_names_))),

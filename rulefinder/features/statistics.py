@@ -67,31 +67,15 @@ SCALE_POWER = np.array([_SCALE_POWER.get(n, 0) for n in STAT_NAMES], dtype=np.fl
 
 # A variance below this fraction of the mean square is rounding noise: the set is constant.
 _CONSTANT_REL = 1e-12
-# Below this many values per row a full sort is as cheap as two partitions and simpler.
-_SORT_BELOW = 64
 
 
 def area_scale(x: np.ndarray) -> np.ndarray:
     """Root mean square of each recording's block over all sessions, stimuli and units, (R,)."""
-    r = x.shape[0]
-    flat = x.reshape(r, -1)
-    sq = np.einsum("ij,ij->i", np.nan_to_num(flat), np.nan_to_num(flat))
-    cnt = (~np.isnan(flat)).sum(axis=1)
-    s = np.sqrt(sq / np.maximum(cnt, 1))
+    flat = x.reshape(x.shape[0], -1)
+    ok = ~np.isnan(flat)
+    z = np.where(ok, flat, 0.0)
+    s = np.sqrt(_rowdot(z, z) / np.maximum(ok.sum(axis=1), 1))
     return np.where(s > 0, s, 1.0)
-
-
-def _moments(v: np.ndarray, mask: np.ndarray | None, cnt: np.ndarray):
-    """Mean, central m2, m3, m4 of each row of ``v`` (NaN already zeroed where ``mask`` False)."""
-    mu = v.sum(axis=1) / cnt
-    d = v - mu[:, None]
-    if mask is not None:
-        d[~mask] = 0.0
-    d2 = d * d
-    m2 = d2.sum(axis=1) / cnt
-    m3 = np.einsum("ij,ij->i", d2, d) / cnt
-    m4 = np.einsum("ij,ij->i", d2, d2) / cnt
-    return mu, m2, m3, m4
 
 
 def _shape_stats(mu, m2, m3, m4):
@@ -104,55 +88,67 @@ def _shape_stats(mu, m2, m3, m4):
     return np.sqrt(ms), mu, m2, skew, kurt
 
 
-def _order_stats(v: np.ndarray, mask: np.ndarray | None, qs=(0.5, 0.75)):
-    """For each row and quantile q: (lo, hi, w), the two order statistics around position
-    q (n - 1) and the interpolation weight, so that the quantile of any monotone transform g
-    (numpy's ``linear`` method) is g(lo) (1 - w) + g(hi) w."""
-    rows, n = v.shape
-    lo = np.empty((len(qs), rows))
-    hi = np.empty((len(qs), rows))
-    w = np.empty((len(qs), rows))
-    nan_rows = np.zeros(rows, bool) if mask is None else ~mask.all(axis=1)
-    full = np.flatnonzero(~nan_rows)
-    if full.size:
-        pos = np.array([q * (n - 1) for q in qs])
-        i_lo = np.floor(pos).astype(int)
-        i_hi = np.minimum(i_lo + 1, n - 1)
-        w[:, full] = (pos - i_lo)[:, None]
-        sub = v[full]
-        if n < _SORT_BELOW or len(qs) != 2 or i_lo[1] < i_hi[0]:
-            srt = np.sort(sub, axis=1)
-            for j in range(len(qs)):
-                lo[j, full] = srt[:, i_lo[j]]
-                hi[j, full] = srt[:, i_hi[j]]
-        else:
-            # Partition at the upper median index: everything before it is <= it, so the lower
-            # median is the max of that prefix. The third quartile lies in the upper part:
-            # partition that again (half the size) the same way. Two selections, no sort.
-            part = np.partition(sub, i_hi[0], axis=1)
-            hi[0, full] = part[:, i_hi[0]]
-            lo[0, full] = part[:, : i_hi[0]].max(axis=1) if i_hi[0] > i_lo[0] else part[:, i_lo[0]]
-            upper = part[:, i_hi[0]:]
-            k_hi, k_lo = i_hi[1] - i_hi[0], i_lo[1] - i_hi[0]
-            upart = np.partition(upper, k_hi, axis=1)
-            hi[1, full] = upart[:, k_hi]
-            lo[1, full] = upart[:, k_lo:k_hi].max(axis=1) if k_hi > k_lo else upart[:, k_lo]
-    bad = np.flatnonzero(nan_rows)
-    if bad.size:
-        srt = np.sort(np.where(mask[bad], v[bad], np.nan), axis=1)  # NaN sort last
-        cnt = mask[bad].sum(axis=1)
-        for j, q in enumerate(qs):
-            pos = q * (cnt - 1)
-            il = np.floor(pos).astype(int)
-            ih = np.minimum(il + 1, cnt - 1)
-            lo[j, bad] = np.take_along_axis(srt, il[:, None], axis=1)[:, 0]
-            hi[j, bad] = np.take_along_axis(srt, ih[:, None], axis=1)[:, 0]
-            w[j, bad] = pos - il
-    return lo, hi, w
+def _central(p1, p2, p3, p4):
+    """Central moments m2, m3, m4 from the raw moments p_j = E[(x - c)^j] about any centre c."""
+    m2 = np.maximum(p2 - p1 * p1, 0.0)
+    m3 = p3 - 3 * p1 * p2 + 2 * p1**3
+    m4 = p4 - 4 * p1 * p3 + 6 * p1 * p1 * p2 - 3 * p1**4
+    return m2, m3, m4
 
 
-def _interp(lo, hi, w):
-    return lo * (1.0 - w) + hi * w
+def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dot product of matching rows (batched BLAS dot: faster than einsum here)."""
+    return np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+
+
+def _take(srt: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(srt, idx[:, None], axis=1)[:, 0].astype(np.float64)
+
+
+def _abs_kth(srt: np.ndarray, neg: np.ndarray, cnt: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """k-th smallest (0-based) |x| of each row, from the row sorted ascending (``srt``) with
+    ``neg`` negative values: |x| is the merge of A = -srt[neg-1], -srt[neg-2], ... and
+    B = srt[neg], srt[neg+1], ..., both ascending. Binary search on i, the number of the
+    first k + 1 merged values taken from A (vectorised over rows; no second sort)."""
+    n_b = cnt - neg
+    lo = np.maximum(0, k + 1 - n_b)
+    hi = np.minimum(k + 1, neg)
+    top = srt.shape[1] - 1
+
+    def a_at(i):  # A[i], +inf past the end
+        return np.where(i < neg, -_take(srt, np.clip(neg - 1 - i, 0, top)), np.inf)
+
+    def b_at(j):  # B[j], -inf before the start
+        return np.where(j >= 0, _take(srt, np.clip(neg + j, 0, top)), -np.inf)
+
+    while (lo < hi).any():
+        mid = (lo + hi) // 2
+        go_right = (lo < hi) & (b_at(k - mid) > a_at(mid))  # B[j-1] > A[i]: take more of A
+        lo = np.where(go_right, mid + 1, lo)
+        hi = np.where((lo < hi) & ~go_right, mid, hi)
+    i = lo
+    a_last = np.where(i > 0, -_take(srt, np.clip(neg - i, 0, top)), -np.inf)
+    return np.maximum(a_last, b_at(k - i))
+
+
+def _quantiles(srt: np.ndarray, cnt: np.ndarray, qs=(0.5, 0.75)):
+    """Quantiles (numpy's ``linear`` method) of x, |x| and x^2 per row, from one ascending
+    sort of x (missing values NaN, sorted last; ``cnt`` present per row): (3, len(qs), rows).
+    The order statistics of x^2 are the squares of those of |x|."""
+    last = np.maximum(cnt.astype(np.int64) - 1, 0)
+    neg = (srt < 0).sum(axis=1)
+    out = np.empty((3, len(qs), srt.shape[0]))
+    for j, q in enumerate(qs):
+        pos = q * last
+        il = np.floor(pos).astype(np.int64)
+        ih = np.minimum(il + 1, last)
+        w = pos - il
+        out[0, j] = _take(srt, il) * (1.0 - w) + _take(srt, ih) * w
+        alo = _abs_kth(srt, neg, cnt.astype(np.int64), il)
+        ahi = _abs_kth(srt, neg, cnt.astype(np.int64), ih)
+        out[1, j] = alo * (1.0 - w) + ahi * w
+        out[2, j] = alo * alo * (1.0 - w) + ahi * ahi * w
+    return out
 
 
 def session_statistics(x: np.ndarray) -> np.ndarray:
@@ -168,65 +164,135 @@ def session_statistics(x: np.ndarray) -> np.ndarray:
 
 def _session_statistics(x: np.ndarray) -> np.ndarray:
     r, s, k, n = x.shape
-    rows = x.reshape(r * s, k * n)
+    nrow = r * s
+    rows = x.reshape(nrow, k * n)
     row_sum = rows.sum(axis=1)
     if np.isnan(row_sum).any():
         mask = ~np.isnan(rows)
         cnt = mask.sum(axis=1).astype(np.float64)
         v = np.where(mask, rows, 0.0)
+        row_sum = v.sum(axis=1)
+        m3 = mask.reshape(nrow, k, n)
+        unit_cnt = m3.sum(axis=1).astype(np.float64)
+        stim_cnt = m3.sum(axis=2).astype(np.float64)
     else:
         mask = None
-        cnt = np.full(r * s, float(k * n))
+        cnt = np.full(nrow, float(k * n))
         v = rows
+        unit_cnt = np.full((nrow, n), float(k))
+        stim_cnt = np.full((nrow, k), float(n))
 
-    out = np.empty((r * s, len(STAT_NAMES)))
+    out = np.empty((nrow, len(STAT_NAMES)))
     col = {name: i for i, name in enumerate(STAT_NAMES)}
 
-    a = np.abs(v)
-    q = v * v
-    lo_raw, hi_raw, w_raw = _order_stats(v, mask)
-    lo_abs, hi_abs, w_abs = _order_stats(a, mask)
-    quant = {
-        "raw": (_interp(lo_raw, hi_raw, w_raw)),
-        "abs": (_interp(lo_abs, hi_abs, w_abs)),
-        "sq": (_interp(lo_abs**2, hi_abs**2, w_abs)),
+    # Quantiles from one float32 sort: exact order statistics of the values rounded to float32
+    # (a relative change of at most 6e-8). numpy's sort is SIMD-vectorised and copes with the
+    # ties of rectified activations, where introselect (np.partition) slows down tenfold.
+    v32 = v.astype(np.float32) if mask is None else np.where(mask, v, np.nan).astype(np.float32)
+    srt = np.sort(v32, axis=1)
+    del v32
+    quant = _quantiles(srt, cnt)
+    nonneg = srt[:, 0] >= 0
+    last = np.maximum(cnt.astype(np.int64) - 1, 0)
+    nonpos = _take(srt, last) <= 0
+    del srt
+
+    # Moments in float64 about a centre near each transform's mean, so that offset data keeps
+    # its precision: x about the row mean c (y = x - c), x^2 about c^2 (f = x^2 - c^2 =
+    # y (y + 2c)). |x| equals x (or -x) on rows of one sign; rows with both signs straddle 0,
+    # where moments about 0 are well conditioned.
+    c = row_sum / cnt
+    y = v - c[:, None]
+    if mask is not None:
+        y *= mask
+    y2 = y * y
+    py = np.stack([y.sum(axis=1), y2.sum(axis=1), _rowdot(y, y2), _rowdot(y2, y2)]) / cnt
+    y3 = y.reshape(nrow, k, n)
+    y23 = y2.reshape(nrow, k, n)
+    unit_y, stim_y = y3.sum(axis=1), y3.sum(axis=2)
+    unit_y2, stim_y2 = y23.sum(axis=1), y23.sum(axis=2)
+    f = y2
+    f += (2 * c)[:, None] * y  # y2 is not needed any more: reuse its memory
+    del y
+    f2 = f * f
+    pf = np.stack([f.sum(axis=1), f2.sum(axis=1), _rowdot(f, f2), _rowdot(f2, f2)]) / cnt
+    del f, f2, y2
+
+    raw_m = _central(*py)
+    sq_m = _central(*pf)
+    moments = {
+        "raw": (c + py[0], *raw_m),
+        "sq": (c * c + pf[0], *sq_m),
     }
-    for name, vals in (("raw", v), ("abs", a), ("sq", q)):
-        l2, mean, var, skew, kurt = _shape_stats(*_moments(vals, mask, cnt))
+    # |x|: same central moments as x on non-negative rows, odd ones flipped on non-positive
+    # rows; rows with both signs from the power sums of |x| about 0.
+    abs_mean = np.where(nonpos & ~nonneg, -moments["raw"][0], moments["raw"][0])
+    abs_m3 = np.where(nonpos & ~nonneg, -raw_m[1], raw_m[1])
+    abs_m = [abs_mean, raw_m[0].copy(), abs_m3, raw_m[2].copy()]
+    mixed = np.flatnonzero(~nonneg & ~nonpos)
+    unit_a = unit_y + c[:, None] * unit_cnt  # sum over stimuli of |x| where the row has one sign
+    stim_a = stim_y + c[:, None] * stim_cnt
+    unit_a[nonpos] *= -1
+    stim_a[nonpos] *= -1
+    if mixed.size:
+        a = np.abs(v[mixed])
+        a2 = a * a
+        cm = cnt[mixed]
+        pa = np.stack([a.sum(axis=1), a2.sum(axis=1), _rowdot(a, a2), _rowdot(a2, a2)]) / cm
+        am2, am3, am4 = _central(*pa)
+        for dst, val in zip(abs_m, (pa[0], am2, am3, am4)):
+            dst[mixed] = val
+        a3 = a.reshape(-1, k, n)
+        unit_a[mixed] = a3.sum(axis=1)
+        stim_a[mixed] = a3.sum(axis=2)
+        del a, a2
+    moments["abs"] = tuple(abs_m)
+
+    for ti, name in enumerate(TRANSFORMS):
+        l2, mean, var, skew, kurt = _shape_stats(*moments[name])
         for stat, val in (("l2", l2), ("mean", mean), ("var", var), ("skew", skew), ("kurt", kurt)):
             out[:, col[f"{name}_{stat}"]] = val
-        out[:, col[f"{name}_median"]] = quant[name][0]
-        out[:, col[f"{name}_q3"]] = quant[name][1]
+        out[:, col[f"{name}_median"]] = quant[ti, 0]
+        out[:, col[f"{name}_q3"]] = quant[ti, 1]
 
-    # Per-unit and per-stimulus summaries: shape (rows, K, N).
-    v3 = v.reshape(r * s, k, n)
-    a3 = a.reshape(r * s, k, n)
-    q3 = q.reshape(r * s, k, n)
-    m3 = None if mask is None else mask.reshape(r * s, k, n)
-    for axis, name in ((1, "unit"), (2, "stimulus")):
-        c = float(v3.shape[axis]) if m3 is None else m3.sum(axis=axis).astype(np.float64)
-        ms = q3.sum(axis=axis) / c
-        ma = a3.sum(axis=axis) / c
-        live = ms > 0  # silent units / stimuli and empty (all-NaN) ones are skipped
-        sparse = np.where(live, 1.0 - ma * ma / np.where(live, ms, 1.0), np.nan)
+    # Per-unit (over stimuli) and per-stimulus (over units) summaries.
+    unit_mean = np.zeros((nrow, n))
+    for sy, sy2, sa, cn, name in (
+        (unit_y, unit_y2, unit_a, unit_cnt, "unit"),
+        (stim_y, stim_y2, stim_a, stim_cnt, "stimulus"),
+    ):
+        cs = np.where(cn > 0, cn, 1.0)
+        my = sy / cs  # mean of y = x - c
+        ms = sy2 / cs + 2 * c[:, None] * my + (c * c)[:, None]  # mean of x^2
+        ma = sa / cs
+        live = (ms > 0) & (cn > 0)  # silent units / stimuli and empty (all-NaN) ones are skipped
+        safe = np.where(live, ms, 1.0)
+        sparse = np.where(live, 1.0 - ma * ma / safe, np.nan)
         if name == "unit":
-            mean = v3.sum(axis=1) / c
-            var = np.maximum(ms - mean * mean, 0.0)
-            sel = np.where(live, var / np.where(live, ms, 1.0), np.nan)
-            out[:, col["selectivity"]] = _nanmean_rows(sel)
+            var = np.maximum(sy2 / cs - my * my, 0.0)
+            out[:, col["selectivity"]] = _nanmean_rows(np.where(live, var / safe, np.nan))
             out[:, col["lifetime_sparseness"]] = _nanmean_rows(sparse)
-            unit_mean = np.where(np.isfinite(mean), mean, 0.0)
+            unit_mean = np.where(cn > 0, my + c[:, None], 0.0)
         else:
             out[:, col["population_sparseness"]] = _nanmean_rows(sparse)
 
-    # Stimulus Gram matrices of the unit-centred responses (missing values sit at the unit mean).
-    xc = v3 - unit_mean[:, None, :]
-    if m3 is not None:
-        xc[~m3] = 0.0
-    gram = np.matmul(xc, xc.transpose(0, 2, 1))  # (rows, K, K)
+    # Stimulus Gram matrices of the unit-centred responses, C = H V V^T H with H the centring
+    # matrix over stimuli. Rows with missing values are centred on each unit's present values
+    # first and the missing ones set to that mean (0 after centring), which H leaves alone.
+    v3 = v.reshape(r * s, k, n)
+    if mask is not None:
+        bad = np.flatnonzero(cnt < k * n)
+        m3 = mask[bad].reshape(-1, k, n)
+        v3 = v3.copy()
+        v3[bad] = np.where(m3, v3[bad] - unit_mean[bad][:, None, :], 0.0)
+    gram = np.matmul(v3, v3.transpose(0, 2, 1))  # (rows, K, K)
+    row_mean = gram.mean(axis=2, keepdims=True)
+    gram -= row_mean
+    gram -= row_mean.transpose(0, 2, 1)
+    gram += row_mean.mean(axis=1, keepdims=True)
     tr = np.trace(gram, axis1=1, axis2=2)
     g = gram.reshape(r, s, k * k)
-    fro2 = np.einsum("rsi,rsi->rs", g, g)
+    fro2 = np.matmul(g[:, :, None, :], g[:, :, :, None])[..., 0, 0]  # (r, s)
     fro = np.sqrt(fro2).reshape(r * s)
     live = fro > 0
     out[:, col["participation_ratio"]] = np.where(
@@ -234,30 +300,38 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
     ) / min(k - 1, n)
     fro_rs = fro.reshape(r, s)
     for name, ref in (("cka_first", 0), ("cka_last", s - 1)):
-        inner = np.einsum("rsi,ri->rs", g, g[:, ref])
+        inner = np.matmul(g, g[:, ref, :, None])[..., 0]  # (r, s)
         den = fro_rs * fro_rs[:, ref : ref + 1]
         out[:, col[name]] = np.where(den > 0, inner / np.where(den > 0, den, 1.0), 0.0).reshape(-1)
 
-    # Distance travelled from the first session and still to go to the last.
+    # Distance travelled from the first session and still to go to the last, over the values
+    # present in both sessions (none in common: no evidence of movement, 0).
     xs = x.reshape(r, s, k * n)
+    diff = np.empty((s, k * n))
     for name, ref in (("dist_first", 0), ("dist_last", s - 1)):
-        diff = xs - xs[:, ref : ref + 1]
-        if mask is None:
-            ms = np.einsum("rsi,rsi->rs", diff, diff) / (k * n)
-        else:
-            both = ~np.isnan(diff)
-            dz = np.where(both, diff, 0.0)
-            nb = both.sum(axis=2)
-            # No value present in both sessions (every unit lost): no evidence of movement, 0.
-            ms = np.where(nb > 0, np.einsum("rsi,rsi->rs", dz, dz) / np.maximum(nb, 1), 0.0)
+        ms = np.empty((r, s))
+        for ri in range(r):
+            np.subtract(xs[ri], xs[ri, ref], out=diff)
+            if mask is None:
+                ms[ri] = np.matmul(diff[:, None, :], diff[:, :, None])[:, 0, 0] / (k * n)
+            else:
+                both = ~np.isnan(diff)
+                dz = np.where(both, diff, 0.0)
+                nb = both.sum(axis=1)
+                tot = np.matmul(dz[:, None, :], dz[:, :, None])[:, 0, 0]
+                ms[ri] = np.where(nb > 0, tot / np.maximum(nb, 1), 0.0)
         out[:, col[name]] = np.sqrt(ms).reshape(-1)
+
+    # Area scale: root mean square over all sessions, from the power sums of x^2 above.
+    sum_sq = (pf[0] * cnt + c * c * cnt).reshape(r, s).sum(axis=1)
+    scale = np.sqrt(sum_sq / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
+    scale = np.where(scale > 0, scale, 1.0)
 
     if mask is not None:
         # An area may miss a whole session (all its units lost there): no statistics, NaN,
         # bridged by the resampling onto the time grid.
         out[cnt == 0] = np.nan
     out = out.reshape(r, s, len(STAT_NAMES))
-    scale = area_scale(x)
     out /= scale[:, None, None] ** SCALE_POWER[None, None, :]
     return out
 
