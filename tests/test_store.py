@@ -89,6 +89,13 @@ def test_networks_of_different_depths_widths_stimuli_and_checkpoints_side_by_sid
     assert ds["activations"].encoding["chunks"][0] == 1
     assert ds.sizes["unit_slot"] == 31  # the widest network, (1, 30)
     assert np.isnan(ds["activations"].isel(network=0, unit_slot=slice(3, None)).values).all()
+    # The listing (group attributes) and the arrays say the same.
+    listed = table.sel(network=[r.network_id for r in mixed])
+    for name in ("rule", "task", "architecture", "seed", "hyperparameters", "n_units", "n_layers"):
+        np.testing.assert_array_equal(np.asarray(ds[name].values.tolist()), listed[name].values)
+    np.testing.assert_array_equal(
+        listed["final_accuracy"].values, [r.test_accuracy[-1] for r in mixed]
+    )
 
 
 def test_open_is_lazy_a_damaged_chunk_only_hurts_its_own_network(tmp_path):

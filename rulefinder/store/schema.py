@@ -4,7 +4,8 @@ Layout (documented for users in ``docs/store.md``)::
 
     <root>/                       group, attrs: schema_version, kind
       shards/                     group
-        <shard_id>/               group, attrs: schema_version, shard_id, network_ids
+        <shard_id>/               group, attrs: schema_version, shard_id, network_ids,
+                                  weight_stats (names), networks (the listing, LISTING_FIELDS)
           network_id   (network,)                                     str
           rule, family, optimizer, architecture, arch_family, task  (network,)  str
           seed         (network,)                                     int64
@@ -66,9 +67,18 @@ COUNT_FIELDS = (
     "n_layers",
     "n_aux_checkpoints",
 )
-# The per-network table (``ZooStore.networks()``) is made of these; everything else is bulk.
 TABLE_FIELDS = (
     ("network_id",) + STRING_METADATA + ("seed",) + JSON_FIELDS + ("diverged",) + COUNT_FIELDS
+)
+# The listing (``ZooStore.networks()``): kept twice, as arrays and as the shard group's
+# ``networks`` attribute, so that listing a store reads group metadata only (one object per
+# shard, or a single object once consolidated) instead of a dozen arrays per shard.
+LISTING_FIELDS = (
+    ("network_id",)
+    + STRING_METADATA
+    + ("seed", "hyperparameters", "diverged")
+    + COUNT_FIELDS
+    + ("final_accuracy",)
 )
 
 
@@ -98,6 +108,7 @@ class ShardArrays:
     bulk: dict[str, tuple[tuple[str, ...], np.ndarray]]
     weight_stat_names: list[str]
     layers: list[list[str]]
+    listing: dict[str, list]
 
 
 def _layers_of(record: NetworkRecord) -> tuple[list[str], int]:
@@ -270,7 +281,22 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "activity_change": (("network", "checkpoint", "layer_slot"), activity_change),
         "has_activity_change": (("network", "layer_slot"), has_ac),
     }
-    return ShardArrays(sizes=sizes, table=table, bulk=bulk, weight_stat_names=stat_names, layers=layers)
+    final = [
+        None if c == 0 or np.isnan(accuracy[i, c - 1]) else float(accuracy[i, c - 1])
+        for i, c in enumerate(table["n_checkpoints"].tolist())
+    ]
+    listing = {
+        name: (final if name == "final_accuracy" else _jsonable(table[name].tolist()))
+        for name in LISTING_FIELDS
+    }
+    return ShardArrays(
+        sizes=sizes,
+        table=table,
+        bulk=bulk,
+        weight_stat_names=stat_names,
+        layers=layers,
+        listing=listing,
+    )
 
 
 def activations_block(record: NetworkRecord, sizes: dict[str, int]) -> np.ndarray:

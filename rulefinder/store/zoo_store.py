@@ -21,6 +21,7 @@ trusts a listing that misses a newer shard.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import re
 import sys
@@ -39,12 +40,10 @@ from rulefinder.network_record import NetworkRecord
 from rulefinder.store import location
 from rulefinder.store.schema import (
     COUNT_FIELDS,
-    JSON_FIELDS,
+    LISTING_FIELDS,
     SCHEMA_VERSION,
     SHARDS_GROUP,
     STORE_KIND,
-    STRING_METADATA,
-    TABLE_FIELDS,
     activations_block,
     check_metadata,
     decode_aux,
@@ -76,6 +75,19 @@ def _as_str(values: Any) -> np.ndarray:
     return np.array([str(v) for v in np.asarray(values, dtype=object).ravel().tolist()], dtype=str).reshape(
         np.shape(values)
     )
+
+
+def _empty(name: str, n: int) -> np.ndarray:
+    """A column of ``n`` unknown values, typed like the real column."""
+    if name in ("complete", "diverged"):
+        return np.zeros(n, dtype=bool)
+    if name in COUNT_FIELDS:
+        return np.zeros(n, dtype=np.int32)
+    if name in ("seed", "index"):
+        return np.full(n, -1, dtype=np.int64)
+    if name == "final_accuracy":
+        return np.full(n, np.nan)
+    return np.full(n, "", dtype=str)
 
 
 def _plain(values: np.ndarray) -> np.ndarray:
@@ -244,6 +256,7 @@ class ZooStore:
                 "shard_id": shard_id,
                 "network_ids": ids,
                 "weight_stats": enc.weight_stat_names,
+                "networks": enc.listing,
             },
         )
         complete = group.create_array(
@@ -314,100 +327,72 @@ class ZooStore:
 
     # ---------------------------------------------------------------- reading
     def _shard_table(self, shard_id: str) -> dict[str, np.ndarray]:
-        """A shard's per-network table; whatever a crash left unreadable is filled in empty."""
+        """A shard's listing (from its group attributes) and its ``complete`` flags.
+
+        A flag that cannot be read (a writer died before making the array) counts as False.
+        """
         group = self._root[f"{SHARDS_GROUP}/{shard_id}"]
         ids = [str(i) for i in group.attrs.get("network_ids", [])]
         n = len(ids)
-        out: dict[str, np.ndarray] = {"network_id": np.array(ids, dtype=str)}
+        listing = group.attrs.get("networks", {})
+        out: dict[str, np.ndarray] = {}
+        for name in LISTING_FIELDS:
+            values = listing.get(name)
+            if values is None or len(values) != n:
+                out[name] = _empty(name, n)
+            elif name == "final_accuracy":
+                out[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
+            else:
+                kind = _empty(name, 0).dtype
+                out[name] = np.asarray(values, dtype=str if kind.kind == "U" else kind)
+        out["network_id"] = np.array(ids, dtype=str)
         try:
             out["complete"] = np.asarray(group["complete"][:], dtype=bool)
-        except Exception as exc:  # missing array or a chunk cut short by a killed writer
-            log.warning("%s: shard %s completeness unreadable (%s)", self.url, shard_id, exc)
+        except Exception as exc:  # the writer died before the flags existed
+            log.warning("%s: shard %s has no readable completeness (%s)", self.url, shard_id, exc)
             out["complete"] = np.zeros(n, dtype=bool)
-            try:  # read what flags we can, one chunk at a time
-                for i in range(n):
-                    out["complete"][i] = bool(group["complete"][i])
-            except Exception:
-                pass
-        for name in TABLE_FIELDS:
-            if name == "network_id":
-                continue
-            try:
-                values = np.asarray(group[name][:])
-                out[name] = _plain(values)
-            except Exception as exc:
-                log.warning("%s: shard %s field %s unreadable (%s)", self.url, shard_id, name, exc)
-                out[name] = self._empty(name, n)
-                out["complete"][:] = False
         return out
-
-    @staticmethod
-    def _empty(name: str, n: int) -> np.ndarray:
-        if name in STRING_METADATA or name in JSON_FIELDS:
-            return np.full(n, "", dtype=str)
-        if name == "diverged":
-            return np.zeros(n, dtype=bool)
-        if name in COUNT_FIELDS:
-            return np.zeros(n, dtype=np.int32)
-        return np.full(n, -1, dtype=np.int64)
 
     def networks(self) -> xr.Dataset:
         """Per-network table over dim ``network`` (coordinate = network id).
 
-        Variables: ``shard``, ``index`` (position in the shard), the metadata strings, ``seed``,
-        ``hyperparameters`` (JSON), ``diverged``, ``complete``, the ``n_*`` counts and
-        ``final_accuracy``. Incomplete networks are listed too (``complete`` False).
+        Variables: ``shard``, ``index`` (position in the shard), ``complete``, the metadata
+        strings (``rule``, ``family``, ``optimizer``, ``architecture``, ``arch_family``,
+        ``task``), ``seed``, ``hyperparameters`` (JSON), ``diverged``, the ``n_*`` counts and
+        ``final_accuracy``. Incomplete networks are listed too (``complete`` False). Reads
+        group metadata and the ``complete`` flags only.
         """
         if self._table is not None:
             return self._table
-        parts: list[dict[str, np.ndarray]] = []
+        names = ["shard", "index", "complete", *LISTING_FIELDS]
+        cols = {name: [_empty(name, 0)] for name in names}
         for shard_id in self.shard_ids():
             table = self._shard_table(shard_id)
             n = table["network_id"].size
             table["shard"] = np.full(n, shard_id, dtype=object).astype(str)
             table["index"] = np.arange(n, dtype=np.int64)
-            table["final_accuracy"] = self._final_accuracy(shard_id, table)
-            parts.append(table)
-        names = ["shard", "index", "complete", "final_accuracy"] + [
-            f for f in TABLE_FIELDS if f != "network_id"
-        ]
-        if parts:
-            cols = {k: np.concatenate([p[k] for p in parts]) for k in names + ["network_id"]}
-        else:
-            cols = {k: self._empty(k, 0) for k in names + ["network_id"]}
-            cols["complete"] = np.zeros(0, dtype=bool)
-            cols["final_accuracy"] = np.zeros(0)
-            cols["shard"] = np.zeros(0, dtype=str)
-            cols["index"] = np.zeros(0, dtype=np.int64)
-        ids = cols.pop("network_id")
+            for name in names:
+                cols[name].append(table[name])
+        merged = {name: np.concatenate(parts) for name, parts in cols.items()}
+        ids = merged.pop("network_id")
         unique, counts = np.unique(ids, return_counts=True)
         if (counts > 1).any():
             log.warning(
-                "%s: network ids in more than one shard: %s", self.url, unique[counts > 1][:5].tolist()
+                "%s: network ids in more than one shard: %s",
+                self.url,
+                unique[counts > 1][:5].tolist(),
             )
         self._table = xr.Dataset(
-            {k: ("network", v) for k, v in cols.items()},
+            {k: ("network", v) for k, v in merged.items()},
             coords={"network": ids},
             attrs={"schema_version": self.schema_version, "url": self.url},
         )
         self._index = {}
         for nid, shard, idx in zip(
-            ids.tolist(), cols["shard"].tolist(), cols["index"].tolist(), strict=True
+            ids.tolist(), merged["shard"].tolist(), merged["index"].tolist(), strict=True
         ):
             self._index.setdefault(nid, (shard, int(idx)))
         return self._table
-
-    def _final_accuracy(self, shard_id: str, table: dict[str, np.ndarray]) -> np.ndarray:
-        n = table["network_id"].size
-        out = np.full(n, np.nan)
-        try:
-            acc = np.asarray(self._root[f"{SHARDS_GROUP}/{shard_id}/accuracy"][:], dtype=np.float64)
-        except Exception:
-            return out
-        for i, c in enumerate(table["n_checkpoints"].tolist()):
-            if c > 0:
-                out[i] = acc[i, c - 1]
-        return out
 
     def incomplete(self) -> list[str]:
         """Network ids whose writer did not finish them (a crash, or a writer still running)."""
@@ -449,8 +434,6 @@ class ZooStore:
 
     def record(self, network_id: str) -> NetworkRecord:
         """Everything stored about one network, as the ``NetworkRecord`` the zoo wrote."""
-        import json
-
         shard, i = self._locate(network_id)
         row = self._row(shard, i)
         rec = self.recording(network_id)
