@@ -13,7 +13,13 @@ from hypothesis import strategies as st
 from tests.test_store_records import make_network_record, make_shard
 
 from rulefinder.recording import validate_recording
-from rulefinder.store import SCHEMA_VERSION, StoreError, ZooStore, store_info
+from rulefinder.store import (
+    SCHEMA_VERSION,
+    StoreError,
+    StoreNotFoundError,
+    ZooStore,
+    store_info,
+)
 
 
 def memory_url() -> str:
@@ -148,8 +154,10 @@ def test_create_refuses_an_existing_store_unless_exist_ok():
 
 
 def test_open_of_a_missing_store_or_another_zarr_fails_clearly(tmp_path):
-    with pytest.raises(StoreError, match="no zoo store"):
+    with pytest.raises(FileNotFoundError, match="no zoo store"):
         ZooStore.open(str(tmp_path / "absent.zarr"))
+    with pytest.raises(StoreNotFoundError):
+        store_info(memory_url())
     import zarr
 
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)

@@ -7,6 +7,13 @@ See ``docs/store.md`` for the schema. Entry points: :class:`ZooStore` (``create`
 
 from rulefinder.store.info import StoreInfo, store_info
 from rulefinder.store.schema import SCHEMA_VERSION
-from rulefinder.store.zoo_store import StoreError, ZooStore
+from rulefinder.store.zoo_store import StoreError, StoreNotFoundError, ZooStore
 
-__all__ = ["SCHEMA_VERSION", "StoreError", "StoreInfo", "ZooStore", "store_info"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "StoreError",
+    "StoreInfo",
+    "StoreNotFoundError",
+    "ZooStore",
+    "store_info",
+]

@@ -59,8 +59,12 @@ _SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _ACTIVATION_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
 
 
-class StoreError(RuntimeError):
-    """The store is missing, of another kind or schema version, or a request cannot be met."""
+class StoreError(ValueError):
+    """The store is of another kind or schema version, or a request cannot be met."""
+
+
+class StoreNotFoundError(StoreError, FileNotFoundError):
+    """No zoo store at the given location."""
 
 
 @contextlib.contextmanager
@@ -165,7 +169,7 @@ class ZooStore:
             with _quiet_consolidated():
                 root = zarr.open_group(store, mode=mode, use_consolidated=consolidated)
         except (FileNotFoundError, zarr.errors.GroupNotFoundError) as exc:
-            raise StoreError(f"{url}: no zoo store here ({exc})") from exc
+            raise StoreNotFoundError(f"{url}: no zoo store here ({exc})") from exc
         kind = root.attrs.get("kind")
         version = root.attrs.get("schema_version")
         if kind != STORE_KIND:
