@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests.test_store_records import make_network_record, make_shard
 
-from rulefinder.recording import validate_recording
+from rulefinder.recording import make_recording, validate_recording
 from rulefinder.store import (
     SCHEMA_VERSION,
     StoreError,
@@ -102,6 +102,29 @@ def test_networks_of_different_depths_widths_stimuli_and_checkpoints_side_by_sid
     np.testing.assert_array_equal(
         listed["final_accuracy"].values, [r.test_accuracy[-1] for r in mixed]
     )
+
+
+def test_string_stimuli_interleaved_areas_no_area_order_no_performance():
+    original = make_network_record("s/0", seed=1)
+    rng = np.random.default_rng(5)
+    original.recording = make_recording(
+        rng.normal(size=(4, 3, 6)),
+        session_time=[0.0, 0.5, 2.0, 7.5],
+        unit_area=["V1", "LM", "V1", "AL", "LM", "V1"],  # areas interleaved, depth unknown
+        stimulus=["grating", "plaid", "natural"],
+    )
+    original.activity_change = original.activity_change.isel(layer=[0])
+    original.activity_change = original.activity_change.assign_coords(layer=["V1"])
+    original.weight_stats = original.weight_stats.assign_coords(layer=["V1", "LM", "w"]).isel(
+        checkpoint=slice(0, 4)
+    )
+    original.activity_change = original.activity_change.isel(checkpoint=slice(0, 4))
+    original.train_loss = original.train_loss.isel(checkpoint=slice(0, 4))
+    store = ZooStore.create(memory_url())
+    store.write_shard([original], "s")
+    back = store.record("s/0")
+    assert "area_order" not in back.recording.attrs and "performance" not in back.recording.coords
+    assert_same_network(back, original)
 
 
 def test_open_is_lazy_a_damaged_chunk_only_hurts_its_own_network(tmp_path):

@@ -17,6 +17,7 @@ Layout (documented for users in ``docs/store.md``)::
           stimulus_id  (network, stimulus_slot)                       str
           stimulus_id_is_int (network,)                               bool
           layer_name   (network, layer_slot)                          str  (areas first, input->output)
+          area_order_known (network,)                                 bool (else areas in order of first appearance)
           unit_layer   (network, unit_slot)                           int16 (index into layer_name; -1 = padding)
           activations  (network, checkpoint, stimulus_slot, unit_slot) float16, chunk = one network
           aux_step     (network, checkpoint)                          float64 (training step of aux checkpoints)
@@ -203,6 +204,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
     aux_coords_json = np.full(n, "", dtype=object)
     unit_id = np.full((n, U), "", dtype=object)
     unit_id_kind = np.zeros(n, dtype=np.int8)
+    area_order_known = np.zeros(n, dtype=bool)
     train_loss = np.full((n, C), np.nan, dtype=np.float32)
     weight_stats = np.full((n, C, L, W), np.nan, dtype=np.float32)
     has_ws = np.zeros((n, L), dtype=bool)
@@ -240,6 +242,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         else:
             if a == c:  # the zoo's aux checkpoints are its sessions
                 aux_step[i, :a] = session_time[i, :c]
+        area_order_known[i] = bool(rec.attrs.get("area_order"))
         if "unit" in rec.coords:
             ids = rec.coords["unit"].values
             unit_id_kind[i] = 1 if ids.dtype.kind in "iu" else 2
@@ -273,6 +276,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "aux_step": (("network", "checkpoint"), aux_step),
         "unit_id": (("network", "unit_slot"), unit_id),
         "unit_id_kind": (("network",), unit_id_kind),
+        "area_order_known": (("network",), area_order_known),
         "aux_coords_json": (("network",), aux_coords_json),
         "train_loss": (("network", "checkpoint"), train_loss),
         "weight_stats": (("network", "checkpoint", "layer_slot", "weight_stat"), weight_stats),
@@ -348,7 +352,7 @@ def decode_recording(
         unit_area=np.array(unit_area, dtype=str),
         stimulus=stim,
         performance=None if np.isnan(perf).all() else perf,
-        area_order=layer_name[:na],
+        area_order=layer_name[:na] if row.get("area_order_known", True) else None,
         unit=unit,
         source=source,
         attrs=json.loads(row["recording_attrs_json"] or "{}"),
