@@ -13,3 +13,4 @@ from training_zoo.rules import predictive_coding  # noqa: E402,F401
 from training_zoo.rules import equilibrium_propagation  # noqa: E402,F401
 from training_zoo.rules import target_propagation  # noqa: E402,F401
 from training_zoo.rules import burstprop  # noqa: E402,F401
+from training_zoo.rules import forward_forward  # noqa: E402,F401

@@ -41,8 +41,13 @@ class Hebbian(LearningRule):
     description = "Hebbian: competitive (Krotov-Hopfield) hidden layers with homeostatic thresholds, delta-rule readout"
     supports = ("mlp", "resmlp")
 
-    def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.1,
-                 hebbian_scale: float = 1.0, temperature: float = 0.0):
+    def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.5,
+                 hebbian_scale: float = 1.0, temperature: float = 0.0, plasticity: str = "sanger",
+                 trace_decay: float = 0.95):
+        if plasticity not in ("krotov_hopfield", "sanger"):
+            raise ValueError("plasticity must be 'krotov_hopfield' or 'sanger'")
+        self.plasticity = plasticity
+        self.trace_decay = float(trace_decay)
         self.rank = int(rank)
         self.anti_hebbian = float(anti_hebbian)
         self.target_rate = float(target_rate)
@@ -57,6 +62,22 @@ class Hebbian(LearningRule):
         for layer in range(net.n_layers - 1):
             v, w = post[layer], net.weights[layer]
             current = torch.bmm(v, w.transpose(1, 2))  # (M, B, n)
+            if self.plasticity == "sanger":
+                # generalised Hebbian algorithm on a slow trace of the input correlations:
+                # E[y v^T] - LT(E[y y^T]) W = W C - LT(W C W^T) W, rows -> principal axes
+                cov = torch.bmm(v.transpose(1, 2), v) / b
+                traces = state.setdefault("correlation", {})
+                if layer in traces:
+                    cov = self.trace_decay * traces[layer] + (1.0 - self.trace_decay) * cov
+                traces[layer] = cov
+                wc = torch.bmm(w, cov)
+                hebb = wc - torch.bmm(torch.tril(torch.bmm(wc, w.transpose(1, 2))), w)
+                # normalised by the input power so the step is stable at any input scale
+                power = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-12).view(-1, 1, 1)
+                dws.append(-hebb * self.hebbian_scale / power)
+                rate = (pre[layer] > 0).to(v.dtype).mean(1)
+                dbs.append((rate - self.target_rate) * self.hebbian_scale)
+                continue
             if self.temperature > 0:
                 g = torch.softmax(current / self.temperature, dim=-1)
             else:
