@@ -1,0 +1,414 @@
+"""Each biologically motivated rule's batched update equals a slow per-network reference.
+
+The references below are written independently of the batched code: one network at a time,
+plain loops over examples or autograd on the rule's stated objective. Tiny float64 networks,
+``mlp`` and ``resmlp`` (the 6-6-6 hidden layers of the resmlp carry identity skips).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from training_zoo.dense import DenseStack
+from training_zoo.rules import get_rule
+
+SIZES = [7, 6, 6, 6, 4]
+M, B = 3, 5
+TOL = dict(rtol=1e-5, atol=1e-7)
+
+
+def make_case(residual: bool, activation: str = "tanh", init_scale: float = 1.0, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    net = DenseStack(SIZES, M, activation=activation, residual=residual, init_scale=init_scale,
+                     generator=g, dtype=torch.float64)
+    x = torch.randn(B, SIZES[0], generator=g, dtype=torch.float64)
+    y = torch.randint(0, SIZES[-1], (B,), generator=g)
+    return net, x, y, g
+
+
+def params_of(net, m, grad=False):
+    ws = [w[m].clone().requires_grad_(grad) for w in net.weights]
+    bs = [b[m].clone().requires_grad_(grad) for b in net.biases]
+    return ws, bs
+
+
+def skips(net):
+    return [net.is_skip(layer) for layer in range(net.n_layers)]
+
+
+def forward_one(ws, bs, x, f, skip):
+    """Single-network forward: returns pre-activations and activities (post[0] = x)."""
+    pre, post, h = [], [x], x
+    for layer, (w, b) in enumerate(zip(ws, bs)):
+        a = h @ w.T + b
+        if layer == len(ws) - 1:
+            h = a
+        else:
+            h = h + f(a) if skip[layer] else f(a)
+        pre.append(a)
+        post.append(h)
+    return pre, post
+
+
+def assert_step_matches(step, refs):
+    for layer in range(len(step.weights)):
+        got_w = step.weights[layer]
+        got_b = step.biases[layer]
+        want_w = torch.stack([r[0][layer] for r in refs])
+        want_b = torch.stack([r[1][layer] for r in refs])
+        torch.testing.assert_close(got_w, want_w, **TOL, msg=f"weights of layer {layer}")
+        torch.testing.assert_close(got_b, want_b, **TOL, msg=f"biases of layer {layer}")
+
+
+RESIDUAL = [pytest.param(False, id="mlp"), pytest.param(True, id="resmlp")]
+
+
+# ----------------------------------------------------------------------------- node perturbation
+def ref_node_perturbation(rule, net, m, x, y, noise):
+    ws, bs = params_of(net, m)
+    f, skip = net.activation.f, skips(net)
+    k_samples, sigma = rule.samples, rule.sigma
+    clean = F.cross_entropy(forward_one(ws, bs, x, f, skip)[1][-1], y, reduction="none")
+    dw = [torch.zeros_like(w) for w in ws]
+    db = [torch.zeros_like(b) for b in bs]
+    for k in range(k_samples):
+        for b in range(B):
+            h, ins, xis = x[b], [], []
+            for layer in range(len(ws)):
+                xi = noise[layer][m, k * B + b]
+                ins.append(h)
+                xis.append(xi)
+                a = ws[layer] @ h + bs[layer] + xi
+                h = a if layer == len(ws) - 1 else (h + f(a) if skip[layer] else f(a))
+            loss = F.cross_entropy(h.unsqueeze(0), y[b : b + 1])
+            c = (loss - clean[b]) / sigma**2 / (B * k_samples)
+            for layer in range(len(ws)):
+                dw[layer] += c * torch.outer(xis[layer], ins[layer])
+                db[layer] += c * xis[layer]
+    return dw, db
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_node_perturbation_matches_reference(residual):
+    net, x, y, g = make_case(residual)
+    rule = get_rule("node_perturbation")(sigma=0.05, samples=3)
+    state = rule.init_state(net, g)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    assert_step_matches(step, [ref_node_perturbation(rule, net, m, x, y, noise) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- brainprop
+def ref_brainprop(rule, net, m, x, y, noise):
+    ws, bs = params_of(net, m, grad=True)
+    q = forward_one(ws, bs, x, net.activation.f, skips(net))[1][-1]
+    u_explore, u_draw = noise[0][m], noise[1][m]
+    actions = []
+    for b in range(B):
+        if u_explore[b] < rule.epsilon:
+            cdf = torch.cumsum(torch.softmax(q[b].detach() / rule.temperature, 0), 0)
+            a = next((i for i in range(len(cdf)) if cdf[i] >= u_draw[b]), len(cdf) - 1)
+        else:
+            a = int(q[b].argmax())
+        actions.append(a)
+    objective = 0.0
+    for b, a in enumerate(actions):
+        rpe = float(a == int(y[b])) - q[b, a].detach()
+        objective = objective - rpe * q[b, a] / B  # gradient of this = attention-gated update
+    grads = torch.autograd.grad(objective, [*ws, *bs])
+    n = len(ws)
+    return list(grads[:n]), list(grads[n:])
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_brainprop_matches_reference(residual):
+    net, x, y, g = make_case(residual)
+    rule = get_rule("brainprop")(epsilon=0.5)  # explore often so both branches are exercised
+    state = rule.init_state(net, g)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    assert_step_matches(step, [ref_brainprop(rule, net, m, x, y, noise) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- hebbian
+def ref_readout(ws, bs, hidden, y):
+    w, b = ws[-1].clone().requires_grad_(True), bs[-1].clone().requires_grad_(True)
+    loss = F.cross_entropy(hidden @ w.T + b, y)
+    return torch.autograd.grad(loss, [w, b])
+
+
+def ref_hebbian(rule, net, m, x, y):
+    ws, bs = params_of(net, m)
+    pre, post = forward_one(ws, bs, x, net.activation.f, skips(net))
+    dw, db = [], []
+    for layer in range(len(ws) - 1):
+        v, w = post[layer], ws[layer]
+        n_units = w.shape[0]
+        upd = torch.zeros_like(w)
+        if rule.plasticity == "sanger":
+            power = sum(float(v[b] @ v[b]) for b in range(B)) / B
+            for b in range(B):
+                yb = w @ v[b]
+                for i in range(n_units):
+                    recon = sum(yb[j] * w[j] for j in range(i + 1))
+                    upd[i] += yb[i] * (v[b] - recon) / B
+            dw.append(-upd / power)
+        else:
+            for b in range(B):
+                cur = w @ v[b]
+                order = torch.argsort(cur, descending=True)
+                for rank_pos, unit in enumerate(order[: rule.rank].tolist()):
+                    gval = 1.0 if rank_pos == 0 else (-rule.anti_hebbian if rank_pos == rule.rank - 1 else 0.0)
+                    upd[unit] += gval * (v[b] - cur[unit] * w[unit])
+            dw.append(-upd / B)
+        db.append((pre[layer] > 0).double().mean(0) - rule.target_rate)
+    gw, gb = ref_readout(ws, bs, post[-2], y)
+    return dw + [gw], db + [gb]
+
+
+@pytest.mark.parametrize("plasticity", ["sanger", "krotov_hopfield"])
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_hebbian_matches_reference(residual, plasticity):
+    net, x, y, g = make_case(residual, activation="relu")
+    rule = get_rule("hebbian")(plasticity=plasticity)
+    step = rule.step(net, rule.init_state(net, g), x, y)
+    assert_step_matches(step, [ref_hebbian(rule, net, m, x, y) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- predictive coding
+def ref_predictive_coding(rule, net, m, x, y):
+    ws, bs = params_of(net, m)
+    f, skip = net.activation.f, skips(net)
+    n = len(ws)
+    gamma = rule.precision
+
+    def energy(values, ws, bs):
+        h, total = x, 0.0
+        for layer in range(n):
+            mu = h @ ws[layer].T + bs[layer]
+            if layer < n - 1:
+                total = total + 0.5 * ((values[layer] - mu) ** 2).sum()
+                h = h + f(values[layer]) if skip[layer] else f(values[layer])
+            else:
+                total = total + gamma * F.cross_entropy(mu, y, reduction="sum")
+        return total
+
+    values = [a.detach().clone() for a in forward_one(ws, bs, x, f, skip)[0][:-1]]
+    for _ in range(rule.inference_steps):
+        leaves = [v.clone().requires_grad_(True) for v in values]
+        grads = torch.autograd.grad(energy(leaves, ws, bs), leaves)
+        values = [v - rule.inference_rate * gv for v, gv in zip(values, grads)]
+    wl = [w.clone().requires_grad_(True) for w in ws]
+    bl = [b.clone().requires_grad_(True) for b in bs]
+    grads = torch.autograd.grad(energy(values, wl, bl), [*wl, *bl])
+    scale = 1.0 / (gamma * B)
+    return [gw * scale for gw in grads[:n]], [gb * scale for gb in grads[n:]]
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_predictive_coding_matches_reference(residual):
+    net, x, y, g = make_case(residual)
+    rule = get_rule("predictive_coding")(inference_steps=7, inference_rate=0.2, precision=0.7)
+    step = rule.step(net, rule.init_state(net, g), x, y)
+    assert_step_matches(step, [ref_predictive_coding(rule, net, m, x, y) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- equilibrium propagation
+def ref_equilibrium_propagation(rule, net, m, x, y, steps):
+    ws, bs = params_of(net, m)
+    f, skip = net.activation.f, skips(net)
+    n = len(ws)
+
+    def phi(states, ws, bs, beta):
+        """Sum_l r_l . (W_l h_l + b_l) - beta * CE: minus the energy, up to the G(r) terms."""
+        h, total = x, 0.0
+        for layer in range(n - 1):
+            total = total + (states[layer] * (h @ ws[layer].T + bs[layer])).sum()
+            h = h + states[layer] if skip[layer] else states[layer]
+        z = h @ ws[-1].T + bs[-1]
+        return total - beta * F.cross_entropy(z, y, reduction="sum")
+
+    def relax(states, beta):
+        for _ in range(steps):
+            for layer in range(n - 1):  # Gauss-Seidel: exact minimisation in one layer at a time
+                leaf = states[layer].clone().requires_grad_(True)
+                trial = states[:layer] + [leaf] + states[layer + 1 :]
+                (drive,) = torch.autograd.grad(phi(trial, ws, bs, beta), leaf)
+                states = states[:layer] + [f(drive).detach()] + states[layer + 1 :]
+        return states
+
+    ff = [f(a) for a in forward_one(ws, bs, x, f, skip)[0][:-1]]  # feedforward start (tanh, no skip in r)
+    free = relax(ff, 0.0)
+    beta = rule.beta
+    out = []
+    for sign in (1.0, -1.0):
+        states = relax(free, sign * beta)
+        wl = [w.clone().requires_grad_(True) for w in ws]
+        bl = [b.clone().requires_grad_(True) for b in bs]
+        out.append(torch.autograd.grad(-phi(states, wl, bl, sign * beta), [*wl, *bl]))
+    grads = [(p - q) / (2 * beta * B) for p, q in zip(*out)]
+    return grads[:n], grads[n:]
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_equilibrium_propagation_matches_reference(residual):
+    net, x, y, g = make_case(residual, init_scale=0.5)
+    steps = 60
+    rule = get_rule("equilibrium_propagation")(beta=0.3, free_steps=steps, nudge_steps=steps, state_bound=None)
+    step = rule.step(net, rule.init_state(net, g), x, y)
+    assert_step_matches(step, [ref_equilibrium_propagation(rule, net, m, x, y, steps) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- target propagation
+def ref_target_propagation(rule, net, state0, m, x, y, noise):
+    ws, bs = params_of(net, m)
+    f, skip = net.activation.f, skips(net)
+    n = len(ws)
+    vs = [v[m].clone() for v in state0["feedback_weights"]]
+    cs = [c[m].clone() for c in state0["feedback_biases"]]
+
+    def layer_fwd(layer, h, w=None, b=None):
+        a = h @ (ws[layer] if w is None else w).T + (bs[layer] if b is None else b)
+        return h + f(a) if skip[layer] else f(a)
+
+    def inverse(k, h, v, c):
+        a = h @ v.T + c
+        return h + a if skip[k] else f(a)
+
+    _, post = forward_one(ws, bs, x, f, skip)
+    for k in range(1, n - 1):  # one normalised-LMS step per inverse, by autograd
+        h_noisy = post[k] + noise[k - 1][m]
+        fwd = layer_fwd(k, h_noisy)
+        v, c = vs[k - 1].clone().requires_grad_(True), cs[k - 1].clone().requires_grad_(True)
+        loss = 0.5 * ((inverse(k, fwd, v, c) - h_noisy) ** 2).sum(1).mean()
+        gv, gc = torch.autograd.grad(loss, [v, c])
+        lr = rule.feedback_lr / (1.0 + (fwd**2).sum(1).mean())
+        vs[k - 1], cs[k - 1] = vs[k - 1] - lr * gv, cs[k - 1] - lr * gc
+    top = post[n - 1].clone().requires_grad_(True)
+    (g_top,) = torch.autograd.grad(F.cross_entropy(top @ ws[-1].T + bs[-1], y, reduction="sum"), top)
+    targets = {n - 1: post[n - 1] - rule.target_step * g_top}
+    for k in range(n - 2, 0, -1):
+        targets[k] = post[k] + inverse(k, targets[k + 1], vs[k - 1], cs[k - 1]) - inverse(k, post[k + 1], vs[k - 1], cs[k - 1])
+    dw, db = [], []
+    for layer in range(n - 1):
+        w, b = ws[layer].clone().requires_grad_(True), bs[layer].clone().requires_grad_(True)
+        local = 0.5 * ((layer_fwd(layer, post[layer].detach(), w, b) - targets[layer + 1]) ** 2).sum()
+        gw, gb = torch.autograd.grad(local, [w, b])
+        dw.append(gw / (rule.target_step * B))
+        db.append(gb / (rule.target_step * B))
+    gw, gb = ref_readout(ws, bs, post[-2], y)
+    return (dw + [gw], db + [gb]), vs
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_difference_target_propagation_matches_reference(residual):
+    net, x, y, g = make_case(residual)
+    rule = get_rule("difference_target_propagation")(target_step=0.3, noise=0.2, feedback_lr=0.7)
+    state = rule.init_state(net, g)
+    state0 = copy.deepcopy(state)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    refs = [ref_target_propagation(rule, net, state0, m, x, y, noise) for m in range(M)]
+    assert_step_matches(step, [r[0] for r in refs])
+    for k, v in enumerate(state["feedback_weights"]):  # the inverses learned the same way
+        torch.testing.assert_close(v, torch.stack([r[1][k] for r in refs]), **TOL)
+
+
+# ----------------------------------------------------------------------------- burstprop
+def ref_burstprop(rule, net, state, m, x, y):
+    ws, bs = params_of(net, m)
+    f, df, skip = net.activation.f, net.activation.df, skips(net)
+    n = len(ws)
+    ys = [Y[m] for Y in state["feedback"]] if "feedback" in state else ws
+    pre, post = forward_one(ws, bs, x, f, skip)
+    p_bar = rule.baseline_burst_probability
+    alpha = torch.log(torch.tensor(p_bar / (1 - p_bar), dtype=x.dtype))
+    gain = p_bar * (1 - p_bar) * rule.beta
+    teacher = F.one_hot(y, SIZES[-1]).double() - torch.softmax(post[-1], 1)
+    dw, db = [None] * n, [None] * n
+    dw[n - 1], db[n - 1] = -teacher.T @ post[n - 1] / B, -teacher.mean(0)
+    # burst rates b = p e and events e of every layer above; Z = p_bar Y cancels the baseline
+    bursts = {n - 1: teacher + p_bar * pre[-1]}
+    events = {n - 1: pre[-1]}
+    for layer in range(n - 2, -1, -1):
+        apical = torch.zeros_like(pre[layer])
+        above = layer + 1
+        while True:  # feedback from the layer above and, along skips, from layers further up
+            apical = apical + bursts[above] @ ys[above] - p_bar * events[above] @ ys[above]
+            if above < n - 1 and skip[above]:
+                above += 1
+            else:
+                break
+        e = f(pre[layer]).abs()
+        u = df(pre[layer]) * apical / e.clamp_min(rule.min_event_rate)
+        p = torch.sigmoid(rule.beta * u + alpha)
+        bursts[layer], events[layer] = p * e, e
+        dev = (p - p_bar) * e
+        dw[layer] = -dev.T @ post[layer] / (gain * B)
+        db[layer] = -dev.sum(0) / (gain * B)
+    return dw, db
+
+
+@pytest.mark.parametrize("feedback", ["random", "symmetric"])
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_burstprop_matches_reference(residual, feedback):
+    net, x, y, g = make_case(residual, activation="relu")
+    rule = get_rule("burstprop")(feedback=feedback, beta=2.0)
+    state = rule.init_state(net, g)
+    step = rule.step(net, state, x, y)
+    assert_step_matches(step, [ref_burstprop(rule, net, state, m, x, y) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- forward-forward
+def ref_forward_forward(rule, net, m, x, y, noise):
+    ws, bs = params_of(net, m)
+    f, skip = net.activation.f, skips(net)
+    n, c = len(ws), SIZES[-1]
+
+    def embed(labels):
+        out = x.clone()
+        out[:, :c] = rule.label_scale / c if labels is None else rule.label_scale * F.one_hot(labels, c).double()
+        return out
+
+    def norm(h):
+        return h / torch.sqrt((h**2).mean(1, keepdim=True) + rule.eps)
+
+    def run(inp, wl=None, bl=None, upto=None):
+        """Activities with every layer's input detached; returns the list of (branch) and top."""
+        h, branches = inp, []
+        for layer in range(n - 1):
+            layer_in = (h if layer == 0 else norm(h)).detach()
+            w = ws[layer] if wl is None else wl[layer]
+            b = bs[layer] if bl is None else bl[layer]
+            r = f(layer_in @ w.T + b)
+            branches.append(r)
+            h = layer_in + r if skip[layer] else r
+        return branches, norm(h).detach()
+
+    wl = [w.clone().requires_grad_(True) for w in ws]
+    bl = [b.clone().requires_grad_(True) for b in bs]
+    pos, _ = run(embed(y), wl, bl)
+    neg, _ = run(embed((y + noise[m]) % c), wl, bl)
+    total = 0.0
+    for layer in range(n - 1):
+        g_pos = (pos[layer] ** 2).mean(1)
+        g_neg = (neg[layer] ** 2).mean(1)
+        total = total + F.softplus(rule.threshold - g_pos).mean() + F.softplus(g_neg - rule.threshold).mean()
+    grads = torch.autograd.grad(total, [*wl[:-1], *bl[:-1]])
+    _, top = run(embed(None))
+    gw, gb = ref_readout(ws, bs, top, y)
+    return list(grads[: n - 1]) + [gw], list(grads[n - 1 :]) + [gb]
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_forward_forward_matches_reference(residual):
+    net, x, y, g = make_case(residual, activation="relu")
+    rule = get_rule("forward_forward")(threshold=0.5)
+    state = rule.init_state(net, g)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    assert_step_matches(step, [ref_forward_forward(rule, net, m, x, y, noise) for m in range(M)])
