@@ -20,6 +20,7 @@ trusts a listing that misses a newer shard.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -35,6 +36,7 @@ import xarray as xr
 import zarr
 from tqdm.auto import tqdm
 from zarr.codecs import BloscCodec
+from zarr.core.sync import sync as zarr_sync
 
 from rulefinder.network_record import NetworkRecord
 from rulefinder.store import location
@@ -99,6 +101,31 @@ def _plain(values: np.ndarray) -> np.ndarray:
     if values.dtype.kind in "OT":
         return np.array(values.tolist(), dtype=str).reshape(values.shape)
     return values
+
+
+async def _write_small(
+    group: zarr.Group, name: str, dims: tuple[str, ...], values: np.ndarray
+) -> None:
+    """One small array, created with its data in one go (a single chunk)."""
+    if values.dtype == object:
+        values = _as_str(values)
+        dtype, fill = str, ""
+    else:
+        dtype = values.dtype
+        fill = np.nan if values.dtype.kind == "f" else (False if values.dtype == bool else -1)
+    arr = await group._async_group.create_array(
+        name,
+        shape=values.shape,
+        chunks=values.shape,
+        dtype=dtype,
+        fill_value=fill,
+        dimension_names=dims,
+    )
+    await arr.setitem(Ellipsis, values)
+
+
+async def _write_all_small(group: zarr.Group, specs: list) -> None:
+    await asyncio.gather(*(_write_small(group, *spec) for spec in specs))
 
 
 class ZooStore:
@@ -267,13 +294,13 @@ class ZooStore:
             "complete", shape=(n,), chunks=(1,), dtype=bool, fill_value=False,
             dimension_names=("network",),
         )
-        for name, values in enc.table.items():
-            self._write_small(group, name, ("network",), values)
-        for name, (dims, values) in enc.bulk.items():
-            self._write_small(group, name, dims, values)
-        self._write_small(group, "weight_stat", ("weight_stat",), np.array(
-            enc.weight_stat_names or ["none"], dtype=object
-        ))
+        small = [(name, ("network",), values) for name, values in enc.table.items()]
+        small += [(name, dims, values) for name, (dims, values) in enc.bulk.items()]
+        small.append(
+            ("weight_stat", ("weight_stat",), np.array(enc.weight_stat_names or ["none"], dtype=object))
+        )
+        # Some forty small arrays: made concurrently, each one object write, not one by one.
+        zarr_sync(_write_all_small(group, small))
         s = enc.sizes
         acts = group.create_array(
             "activations",
@@ -305,20 +332,6 @@ class ZooStore:
             self.url, shard_id, n, time.perf_counter() - t0,
         )
         return ids
-
-    @staticmethod
-    def _write_small(group: zarr.Group, name: str, dims: tuple[str, ...], values: np.ndarray) -> None:
-        if values.dtype == object:
-            values = _as_str(values)
-            dtype, fill = str, ""
-        else:
-            dtype = values.dtype
-            fill = np.nan if values.dtype.kind == "f" else (False if values.dtype == bool else -1)
-        arr = group.create_array(
-            name, shape=values.shape, chunks=values.shape, dtype=dtype, fill_value=fill,
-            dimension_names=dims,
-        )
-        arr[...] = values
 
     def consolidate(self) -> None:
         """Write consolidated metadata (call once, after the last writer has finished)."""
