@@ -140,16 +140,25 @@ def test_open_is_lazy_a_damaged_chunk_only_hurts_its_own_network(tmp_path):
         store.recording("a/1")
 
 
-def test_float16_range_saturates_instead_of_overflowing():
-    rec = make_network_record("big/0", seed=3)
-    rec.recording.values[1, 1, 1] = 1e6
-    rec.recording.values[2, 1, 1] = -1e6
+def test_activations_beyond_float16_range_keep_float16_relative_precision():
+    """Huge (1e6) and tiny (1e-7) networks are shifted by a power of two, not saturated or
+    flushed to zero; ordinary networks are stored as plain float16 (checked elsewhere)."""
     store = ZooStore.create(memory_url())
-    store.write_shard([rec], "big")
-    back = store.recording("big/0")
-    validate_recording(back)
-    assert back.values[1, 1, 1] == np.finfo(np.float16).max
-    assert back.values[2, 1, 1] == -np.finfo(np.float16).max
+    huge, tiny = make_network_record("big/0", seed=3), make_network_record("big/1", seed=4)
+    huge.recording = huge.recording * 1e6
+    tiny.recording = tiny.recording * 1e-7
+    store.write_shard([huge, tiny], "big")
+    exponents = store.dataset("big")["activation_exponent"].values
+    assert exponents[0] > 0 and exponents[1] < 0
+    for original in (huge, tiny):
+        back = store.recording(original.network_id)
+        validate_recording(back)
+        want = original.recording.values
+        np.testing.assert_array_equal(np.isnan(back.values), np.isnan(want))
+        # float16 has an 11-bit significand: relative error at most 2**-11.
+        ok = ~np.isnan(want)
+        np.testing.assert_allclose(back.values[ok], want[ok], rtol=2.0**-11, atol=0)
+        assert (back.values[ok] != 0).all()
 
 
 def test_schema_version_attribute_and_refusal_of_other_versions(tmp_path):

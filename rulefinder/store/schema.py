@@ -20,6 +20,7 @@ Layout (documented for users in ``docs/store.md``)::
           area_order_known (network,)                                 bool (else areas in order of first appearance)
           unit_layer   (network, unit_slot)                           int16 (index into layer_name; -1 = padding)
           activations  (network, checkpoint, stimulus_slot, unit_slot) float16, chunk = one network
+          activation_exponent (network,)                              int16: activations hold x * 2**-e
           aux_step     (network, checkpoint)                          float64 (training step of aux checkpoints)
           aux_coords_json (network,)                                  str (JSON: every checkpoint coordinate)
           unit_id      (network, unit_slot)                           str; unit_id_kind (network,) int8 0/1/2 = none/int/str
@@ -205,6 +206,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
     unit_id = np.full((n, U), "", dtype=object)
     unit_id_kind = np.zeros(n, dtype=np.int8)
     area_order_known = np.zeros(n, dtype=bool)
+    exponent = np.zeros(n, dtype=np.int16)
     train_loss = np.full((n, C), np.nan, dtype=np.float32)
     weight_stats = np.full((n, C, L, W), np.nan, dtype=np.float32)
     has_ws = np.zeros((n, L), dtype=bool)
@@ -243,6 +245,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
             if a == c:  # the zoo's aux checkpoints are its sessions
                 aux_step[i, :a] = session_time[i, :c]
         area_order_known[i] = bool(rec.attrs.get("area_order"))
+        exponent[i] = activation_exponent(rec.values)
         if "unit" in rec.coords:
             ids = rec.coords["unit"].values
             unit_id_kind[i] = 1 if ids.dtype.kind in "iu" else 2
@@ -277,6 +280,7 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "unit_id": (("network", "unit_slot"), unit_id),
         "unit_id_kind": (("network",), unit_id_kind),
         "area_order_known": (("network",), area_order_known),
+        "activation_exponent": (("network",), exponent),
         "aux_coords_json": (("network",), aux_coords_json),
         "train_loss": (("network", "checkpoint"), train_loss),
         "weight_stats": (("network", "checkpoint", "layer_slot", "weight_stat"), weight_stats),
@@ -303,21 +307,39 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
     )
 
 
-def activations_block(record: NetworkRecord, sizes: dict[str, int]) -> np.ndarray:
+def activation_exponent(values: np.ndarray) -> int:
+    """Power of two ``e`` to store ``x * 2**-e`` in float16 instead of ``x``.
+
+    float16 holds normal numbers from 2**-14 to 65504. A network whose largest activation lies
+    in [2**-8, 65504] is stored as is (``e = 0``: the stored values are exactly the float16
+    rounding of the originals). Any other (a Hebbian network grown to 1e6, a network of tiny
+    activations) is shifted so that its largest value lands in [2**14, 2**15): a power-of-two
+    shift is exact, so nothing is saturated or flushed to zero and the relative precision is
+    float16's (2**-11) everywhere in the 2**29 range below the maximum.
+    """
+    finite = np.abs(values[np.isfinite(values)])
+    top = float(finite.max()) if finite.size else 0.0
+    if top == 0.0 or 2.0**-8 <= top <= FLOAT16_MAX:
+        return 0
+    return int(np.floor(np.log2(top))) - 14
+
+
+def activations_block(record: NetworkRecord, sizes: dict[str, int], exponent: int = 0) -> np.ndarray:
     """One network's padded float16 chunk ``(1, checkpoint, stimulus_slot, unit_slot)``.
 
-    Values beyond float16's range (|x| > 65504) are saturated, not turned into inf: an inf
-    would make the stored recording invalid.
+    Holds ``x * 2**-exponent`` (see :func:`activation_exponent`).
     """
     rec = record.recording.transpose("session", "stimulus", "unit").values
+    if exponent:
+        rec = np.ldexp(rec, -exponent)
     c, k, u = rec.shape
     block = np.full(
         (1, sizes["checkpoint"], sizes["stimulus_slot"], sizes["unit_slot"]), np.nan, dtype=np.float16
     )
     with np.errstate(over="ignore"):
         block[0, :c, :k, :u] = rec
-    # A valid recording holds no inf, so an inf here is a float16 overflow (cheap to test
-    # on the half-size copy).
+    # A valid recording holds no inf, so an inf here is a float16 overflow; with the exponent
+    # chosen by activation_exponent it cannot happen, but never store an inf.
     big = np.isinf(block)
     if big.any():
         log.warning(
@@ -346,8 +368,10 @@ def decode_recording(
     if kind:
         unit = np.array([str(v) for v in row["unit_id"][:u]])
         unit = unit.astype(np.int64) if kind == 1 else unit
+    values = np.asarray(activations[:c, :k, :u], dtype=np.float64)
+    exponent = int(row.get("activation_exponent", 0))
     return make_recording(
-        np.asarray(activations[:c, :k, :u], dtype=np.float64),
+        np.ldexp(values, exponent) if exponent else values,
         session_time=np.asarray(row["session_time"][:c], dtype=np.float64),
         unit_area=np.array(unit_area, dtype=str),
         stimulus=stim,

@@ -317,8 +317,9 @@ class ZooStore:
             for start in range(0, n, batch):
                 stop = min(n, start + batch)
                 # zarr writes the batch's chunks concurrently; flags only after all are down.
+                exponents = enc.bulk["activation_exponent"][1]
                 acts[start:stop] = np.concatenate(
-                    [activations_block(r, s) for r in records[start:stop]]
+                    [activations_block(records[i], s, int(exponents[i])) for i in range(start, stop)]
                 )
                 complete[start:stop] = True
                 bar.update(stop - start)
