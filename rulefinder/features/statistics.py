@@ -67,6 +67,8 @@ SCALE_POWER = np.array([_SCALE_POWER.get(n, 0) for n in STAT_NAMES], dtype=np.fl
 
 # A variance below this fraction of the mean square is rounding noise: the set is constant.
 _CONSTANT_REL = 1e-12
+# Dimensionless statistics below this are rounding noise around an exact 0.
+_ZERO_SNAP = 1e-9
 
 
 def area_scale(x: np.ndarray) -> np.ndarray:
@@ -85,6 +87,10 @@ def _shape_stats(mu, m2, m3, m4):
     safe = np.where(const, 1.0, m2)
     skew = np.where(const, 0.0, m3 / safe**1.5)
     kurt = np.where(const, 0.0, m4 / (safe * safe) - 3.0)
+    # Values this close to 0 are rounding noise of an exactly symmetric (mesokurtic) set: 0,
+    # so that they cannot break the invariances by changing with the summation order.
+    skew = np.where(np.abs(skew) < _ZERO_SNAP, 0.0, skew)
+    kurt = np.where(np.abs(kurt) < _ZERO_SNAP, 0.0, kurt)
     return np.sqrt(ms), mu, m2, skew, kurt
 
 
@@ -188,64 +194,76 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
     # Quantiles from one float32 sort: exact order statistics of the values rounded to float32
     # (a relative change of at most 6e-8). numpy's sort is SIMD-vectorised and copes with the
     # ties of rectified activations, where introselect (np.partition) slows down tenfold.
-    v32 = v.astype(np.float32) if mask is None else np.where(mask, v, np.nan).astype(np.float32)
+    # Values are divided by the area scale s before rounding, so that c * x rounds exactly as
+    # x does (up to a 1e-16 change in s): quantiles stay scale-invariant far below 1e-6.
+    sum_sq = _rowdot(v, v)
+    row_ms = sum_sq / np.maximum(cnt, 1.0)
+    scale = np.sqrt(sum_sq.reshape(r, s).sum(axis=1) / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
+    scale = np.where(scale > 0, scale, 1.0)
+    inv = np.repeat(1.0 / scale, s)[:, None]
+    v32 = np.empty(v.shape, np.float32)
+    np.multiply(v if mask is None else np.where(mask, v, np.nan), inv, out=v32, casting="same_kind")
     srt = np.sort(v32, axis=1)
     del v32
-    quant = _quantiles(srt, cnt)
+    quant = _quantiles(srt, cnt) * np.repeat(scale, s)[None, None, :] ** np.array([1, 1, 2])[:, None, None]
     nonneg = srt[:, 0] >= 0
     last = np.maximum(cnt.astype(np.int64) - 1, 0)
     nonpos = _take(srt, last) <= 0
     del srt
 
-    # Moments in float64 about a centre near each transform's mean, so that offset data keeps
-    # its precision: x about the row mean c (y = x - c), x^2 about c^2 (f = x^2 - c^2 =
-    # y (y + 2c)). |x| equals x (or -x) on rows of one sign; rows with both signs straddle 0,
-    # where moments about 0 are well conditioned.
+    # Moments in float64 about each transform's own mean, so that offset or nearly constant
+    # sets keep their precision: x about its row mean c (y = x - c), x^2 about its row mean
+    # (f = x^2 - mean x^2). |x| equals x (or -x) on rows of one sign; rows with both signs are
+    # centred on their mean |x| as well.
     c = row_sum / cnt
     y = v - c[:, None]
     if mask is not None:
         y *= mask
     y2 = y * y
     py = np.stack([y.sum(axis=1), y2.sum(axis=1), _rowdot(y, y2), _rowdot(y2, y2)]) / cnt
-    y3 = y.reshape(nrow, k, n)
-    y23 = y2.reshape(nrow, k, n)
-    unit_y, stim_y = y3.sum(axis=1), y3.sum(axis=2)
-    unit_y2, stim_y2 = y23.sum(axis=1), y23.sum(axis=2)
-    f = y2
-    f += (2 * c)[:, None] * y  # y2 is not needed any more: reuse its memory
-    del y
+    del y, y2
+
+    # Per-unit (over stimuli) and per-stimulus (over units) sums of x, |x| and x^2 from the
+    # values themselves: ratios such as (mean |x|)^2 / mean x^2 are then exact where they
+    # should be (a single value, a constant magnitude).
+    q = v * v
+    a = np.abs(v)
+    sums = {}
+    for name, arr in (("x", v), ("a", a), ("q", q)):
+        arr3 = arr.reshape(nrow, k, n)
+        sums[name] = (arr3.sum(axis=1), arr3.sum(axis=2))
+    f = q
+    f -= row_ms[:, None]  # q is not needed any more: reuse its memory
+    if mask is not None:
+        f *= mask
     f2 = f * f
     pf = np.stack([f.sum(axis=1), f2.sum(axis=1), _rowdot(f, f2), _rowdot(f2, f2)]) / cnt
-    del f, f2, y2
+    del f, f2, q
 
     raw_m = _central(*py)
-    sq_m = _central(*pf)
     moments = {
         "raw": (c + py[0], *raw_m),
-        "sq": (c * c + pf[0], *sq_m),
+        "sq": (row_ms + pf[0], *_central(*pf)),
     }
-    # |x|: same central moments as x on non-negative rows, odd ones flipped on non-positive
-    # rows; rows with both signs from the power sums of |x| about 0.
-    abs_mean = np.where(nonpos & ~nonneg, -moments["raw"][0], moments["raw"][0])
-    abs_m3 = np.where(nonpos & ~nonneg, -raw_m[1], raw_m[1])
-    abs_m = [abs_mean, raw_m[0].copy(), abs_m3, raw_m[2].copy()]
+    # |x|: same central moments as x on non-negative rows, odd ones flipped on non-positive rows.
+    flip = nonpos & ~nonneg
+    abs_m = [np.where(flip, -moments["raw"][0], moments["raw"][0]), raw_m[0].copy(),
+             np.where(flip, -raw_m[1], raw_m[1]), raw_m[2].copy()]
     mixed = np.flatnonzero(~nonneg & ~nonpos)
-    unit_a = unit_y + c[:, None] * unit_cnt  # sum over stimuli of |x| where the row has one sign
-    stim_a = stim_y + c[:, None] * stim_cnt
-    unit_a[nonpos] *= -1
-    stim_a[nonpos] *= -1
     if mixed.size:
-        a = np.abs(v[mixed])
-        a2 = a * a
+        am = a[mixed]
         cm = cnt[mixed]
-        pa = np.stack([a.sum(axis=1), a2.sum(axis=1), _rowdot(a, a2), _rowdot(a2, a2)]) / cm
+        ca = am.sum(axis=1) / cm
+        am -= ca[:, None]
+        if mask is not None:
+            am *= mask[mixed]
+        a2 = am * am
+        pa = np.stack([am.sum(axis=1), a2.sum(axis=1), _rowdot(am, a2), _rowdot(a2, a2)]) / cm
         am2, am3, am4 = _central(*pa)
-        for dst, val in zip(abs_m, (pa[0], am2, am3, am4)):
+        for dst, val in zip(abs_m, (ca + pa[0], am2, am3, am4)):
             dst[mixed] = val
-        a3 = a.reshape(-1, k, n)
-        unit_a[mixed] = a3.sum(axis=1)
-        stim_a[mixed] = a3.sum(axis=2)
-        del a, a2
+        del am, a2
+    del a
     moments["abs"] = tuple(abs_m)
 
     for ti, name in enumerate(TRANSFORMS):
@@ -257,22 +275,23 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
 
     # Per-unit (over stimuli) and per-stimulus (over units) summaries.
     unit_mean = np.zeros((nrow, n))
-    for sy, sy2, sa, cn, name in (
-        (unit_y, unit_y2, unit_a, unit_cnt, "unit"),
-        (stim_y, stim_y2, stim_a, stim_cnt, "stimulus"),
-    ):
+    for ax, cn, name in ((0, unit_cnt, "unit"), (1, stim_cnt, "stimulus")):
         cs = np.where(cn > 0, cn, 1.0)
-        my = sy / cs  # mean of y = x - c
-        ms = sy2 / cs + 2 * c[:, None] * my + (c * c)[:, None]  # mean of x^2
-        ma = sa / cs
-        live = (ms > 0) & (cn > 0)  # silent units / stimuli and empty (all-NaN) ones are skipped
+        mx = sums["x"][ax] / cs
+        ma = sums["a"][ax] / cs
+        ms = sums["q"][ax] / cs
+        # Silent units / stimuli (mean square at rounding level of the row's) and empty
+        # (all-NaN) ones are skipped; ratios at rounding level are exact zeros.
+        live = (ms > _CONSTANT_REL * row_ms[:, None]) & (cn > 0)
         safe = np.where(live, ms, 1.0)
-        sparse = np.where(live, 1.0 - ma * ma / safe, np.nan)
+        sparse = 1.0 - ma * ma / safe
+        sparse = np.where(live, np.where(sparse < _ZERO_SNAP, 0.0, sparse), np.nan)
         if name == "unit":
-            var = np.maximum(sy2 / cs - my * my, 0.0)
+            var = ms - mx * mx
+            var = np.where(var > _CONSTANT_REL * ms, var, 0.0)
             out[:, col["selectivity"]] = _nanmean_rows(np.where(live, var / safe, np.nan))
             out[:, col["lifetime_sparseness"]] = _nanmean_rows(sparse)
-            unit_mean = np.where(cn > 0, my + c[:, None], 0.0)
+            unit_mean = np.where(cn > 0, mx, 0.0)
         else:
             out[:, col["population_sparseness"]] = _nanmean_rows(sparse)
 
@@ -294,15 +313,19 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
     g = gram.reshape(r, s, k * k)
     fro2 = np.matmul(g[:, :, None, :], g[:, :, :, None])[..., 0, 0]  # (r, s)
     fro = np.sqrt(fro2).reshape(r * s)
-    live = fro > 0
+    # No stimulus-driven structure (total centred variance at rounding level): PR and CKA 0.
+    live = tr > _CONSTANT_REL * sum_sq
     out[:, col["participation_ratio"]] = np.where(
         live, tr * tr / np.where(live, fro2.reshape(r * s), 1.0), 0.0
     ) / min(k - 1, n)
-    fro_rs = fro.reshape(r, s)
+    fro_rs = np.where(live, fro, 1.0).reshape(r, s)
+    live_rs = live.reshape(r, s)
     for name, ref in (("cka_first", 0), ("cka_last", s - 1)):
         inner = np.matmul(g, g[:, ref, :, None])[..., 0]  # (r, s)
-        den = fro_rs * fro_rs[:, ref : ref + 1]
-        out[:, col[name]] = np.where(den > 0, inner / np.where(den > 0, den, 1.0), 0.0).reshape(-1)
+        ok = live_rs & live_rs[:, ref : ref + 1]
+        cka = np.where(ok, inner / (fro_rs * fro_rs[:, ref : ref + 1]), 0.0)
+        cka = np.where(np.abs(cka) < _ZERO_SNAP, 0.0, cka)  # >= 0 in exact arithmetic
+        out[:, col[name]] = cka.reshape(-1)
 
     # Distance travelled from the first session and still to go to the last, over the values
     # present in both sessions (none in common: no evidence of movement, 0).
@@ -322,10 +345,6 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
                 ms[ri] = np.where(nb > 0, tot / np.maximum(nb, 1), 0.0)
         out[:, col[name]] = np.sqrt(ms).reshape(-1)
 
-    # Area scale: root mean square over all sessions, from the power sums of x^2 above.
-    sum_sq = (pf[0] * cnt + c * c * cnt).reshape(r, s).sum(axis=1)
-    scale = np.sqrt(sum_sq / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
-    scale = np.where(scale > 0, scale, 1.0)
 
     if mask is not None:
         # An area may miss a whole session (all its units lost there): no statistics, NaN,
