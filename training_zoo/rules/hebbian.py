@@ -13,26 +13,35 @@ from training_zoo.rules.registry import register
 class Hebbian(LearningRule):
     r"""Unsupervised, local Hebbian hidden layers with a supervised local readout.
 
-    Hidden layers (Krotov & Hopfield 2019, p = 2). For the input :math:`v = h_{l-1}` of hidden
-    layer l, unit currents are :math:`I_\mu = \langle W_\mu, v\rangle`. Units are ranked by
-    current; the winner gets :math:`g = 1`, the unit ranked ``rank`` gets :math:`g = -\Delta`
-    (anti-Hebbian competition), all others 0. The plasticity is
+    Hidden layers, ``plasticity="sanger"`` (default; Oja's rule generalised to a layer, Sanger
+    1989). With :math:`v = h_{l-1}` the layer's input and :math:`y = W_l v` the synaptic
+    currents (without bias), Oja/Sanger plasticity is
+    :math:`\Delta W \propto y v^\top - \mathrm{LT}(y y^\top)\,W` (LT: lower triangle incl.
+    diagonal: unit i is decorrelated from units j <= i); its rows converge to the principal
+    axes of the input, with unit norm. The correlations enter through a slow synaptic trace
+    :math:`C \leftarrow \lambda C + (1-\lambda)\,\mathrm{mean}_b(v v^\top)` (``trace_decay``
+    :math:`\lambda`; the first batch initialises it), so the expected update is
 
     .. math::
-        \Delta W_\mu \propto \sum_b g_{\mu b}\,(v_b - I_{\mu b}\,W_\mu),
+        \Delta W_l \propto \frac{W C - \mathrm{LT}(W C W^\top)\,W}{\mathrm{tr}\,C},
 
-    a competitive Oja rule that drives each winner's weight vector to the unit-norm direction of
-    the inputs it wins. Because every unit-norm prototype of a non-negative input has a positive
-    current, the bias is a homeostatic threshold (intrinsic plasticity): it falls when a unit is
-    active (:math:`a_\mu > 0`) more often than ``target_rate`` and rises otherwise,
-    :math:`\Delta b_\mu \propto \text{target} - \text{rate}_\mu`. For ``resmlp`` the rule acts on
-    the branch weights of each layer with that layer's input :math:`h_{l-1}`; the identity skip
-    carries no plastic weights.
+    normalised by the input power so the step is stable at any input scale.
+
+    ``plasticity="krotov_hopfield"`` (Krotov & Hopfield 2019, p = 2): units ranked by current
+    :math:`I_\mu = \langle W_\mu, v\rangle`; the winner gets :math:`g = 1`, the unit ranked
+    ``rank`` gets :math:`g = -\Delta` (``anti_hebbian``), others 0 (``temperature > 0``: soft
+    winner-take-all :math:`g = \mathrm{softmax}(I/T)` instead), and
+    :math:`\Delta W_\mu \propto \mathrm{mean}_b\, g_{\mu b}(v_b - I_{\mu b} W_\mu)`.
+
+    Biases are homeostatic thresholds (intrinsic plasticity): a unit active (:math:`a > 0`) more
+    often than ``target_rate`` raises its threshold, :math:`\Delta b_\mu \propto
+    \text{target} - \text{rate}_\mu`. For ``resmlp`` the rule acts on each layer's branch
+    weights with that layer's input :math:`h_{l-1}`; the identity skip has no plastic weights.
 
     Readout (delta rule): :math:`\Delta W_L \propto (y - \mathrm{softmax}(z))\,h_{L-1}^\top`.
 
-    Returned descent directions are minus these updates, averaged over the batch (Hebbian
-    terms) and scaled by ``hebbian_scale``.
+    Returned descent directions are minus these updates (batch means), the hidden-layer ones
+    scaled by ``hebbian_scale``.
     """
 
     id = "hebbian"
@@ -41,9 +50,9 @@ class Hebbian(LearningRule):
     description = "Hebbian: competitive (Krotov-Hopfield) hidden layers with homeostatic thresholds, delta-rule readout"
     supports = ("mlp", "resmlp")
 
-    def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.5,
+    def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.8,
                  hebbian_scale: float = 1.0, temperature: float = 0.0, plasticity: str = "sanger",
-                 trace_decay: float = 0.95):
+                 trace_decay: float = 0.9):
         if plasticity not in ("krotov_hopfield", "sanger"):
             raise ValueError("plasticity must be 'krotov_hopfield' or 'sanger'")
         self.plasticity = plasticity
