@@ -346,6 +346,11 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
         out[:, col[name]] = np.sqrt(ms).reshape(-1)
 
 
+    # Statistics that carry units and sit at rounding level of the row's root mean square
+    # (a mean or median of an exactly symmetric set) are exact zeros: no summation order or
+    # positive scale can then move them.
+    row_rms = np.sqrt(row_ms)[:, None] ** SCALE_POWER[None, :]
+    out[np.abs(out) < _ZERO_SNAP * 0.1 * row_rms] = 0.0
     if mask is not None:
         # An area may miss a whole session (all its units lost there): no statistics, NaN,
         # bridged by the resampling onto the time grid.
