@@ -225,6 +225,7 @@ def test_consolidate_then_a_later_shard_is_still_seen():
     assert opened.is_consolidated
     assert opened.networks().sizes["network"] == 2
     assert_same_network(opened.record("a/1"), make_shard("a", 2)[1])
+    assert opened.dataset("a")["activations"].shape[0] == 2
     ZooStore.open(url, mode="r+").write_shard(make_shard("b", 3), "b")
     later = ZooStore.open(url)
     assert not later.is_consolidated  # the writer dropped the stale listing

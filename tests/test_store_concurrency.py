@@ -52,7 +52,8 @@ def start_writer(url: str, go: Path, plan: list, delay: float) -> subprocess.Pop
 
 def test_two_processes_write_shards_concurrently_nothing_lost_or_duplicated(tmp_path):
     url = str(tmp_path / "zoo.zarr")
-    ZooStore.create(url)
+    # Consolidated before the writers start: both drop the stale listing at once.
+    ZooStore.create(url).consolidate()
     go = tmp_path / "go"
     plans = [
         [["p0s0", 4, 0], ["p0s1", 4, 10], ["p0s2", 4, 20]],
