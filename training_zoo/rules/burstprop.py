@@ -46,8 +46,9 @@ class Burstprop(LearningRule):
     non-negative for rectifying/sigmoid units; for signed nonlinearities the magnitude
     :math:`|f(a)|` gates plasticity so that the teaching signal keeps its sign.
 
-    Feedback: ``"random"`` (fixed random :math:`Y`, feedback alignment, as in Payeur et al.'s
-    MNIST networks) or ``"symmetric"`` (:math:`Y_{l+1} = W_{l+1}^\top`).
+    Feedback: ``"symmetric"`` (default, :math:`Y_{l+1} = W_{l+1}^\top`: the state that the
+    feedback-pathway plasticity of Payeur et al. drives Y towards) or ``"random"`` (fixed random
+    :math:`Y`, feedback alignment, the variant of the paper's Extended Data on MNIST).
     """
 
     id = "burstprop"
@@ -57,7 +58,7 @@ class Burstprop(LearningRule):
     supports = ("mlp", "resmlp")
 
     def __init__(self, beta: float = 1.0, baseline_burst_probability: float = 0.2,
-                 feedback: str = "random", min_event_rate: float = 1e-6):
+                 feedback: str = "symmetric", min_event_rate: float = 1e-6):
         if feedback not in ("symmetric", "random"):
             raise ValueError("feedback must be 'symmetric' or 'random'")
         self.beta = float(beta)
