@@ -81,6 +81,20 @@ def rebuild(rec: xr.DataArray, values: np.ndarray, sessions=None, units=None) ->
     )
 
 
+def _keep_units(rec: xr.DataArray, idx: np.ndarray, op: str) -> xr.DataArray:
+    """``rec`` restricted to units ``idx``; sessions where none of them has a value (all lost
+    there) are dropped, as an experiment with only these units would have no data there."""
+    vals = _values(rec)[:, :, idx]
+    sessions = np.flatnonzero(~np.isnan(vals).all(axis=(1, 2)))
+    if sessions.size < MIN_SESSIONS:
+        raise VirtualSpecError(
+            f"{op}: the kept units have values in only {sessions.size} sessions: expected at least {MIN_SESSIONS}"
+        )
+    if sessions.size < vals.shape[0]:
+        log.info("%s: dropping %d sessions where no kept unit has a value", op, vals.shape[0] - sessions.size)
+    return rebuild(rec, vals[sessions], sessions=sessions, units=idx)
+
+
 def _check(cond: bool, op: str, message: str) -> None:
     if not cond:
         raise VirtualSpecError(f"{op}: {message}")
@@ -121,7 +135,8 @@ class Transform:
 @dataclass(frozen=True)
 class KeepUnits(Transform):
     """Keep ``n`` units chosen uniformly at random without replacement (all if there are
-    fewer); with ``per_area``, ``n`` from each area. Kept units keep their order and area."""
+    fewer); with ``per_area``, ``n`` from each area. Kept units keep their order and area.
+    Sessions where no kept unit has a value are dropped (at least 3 must remain)."""
 
     op: ClassVar[str] = "keep_units"
     n: int = 32
@@ -139,7 +154,7 @@ class KeepUnits(Transform):
             groups = [np.arange(areas.size)]
         keep = [g if g.size <= self.n else rng.choice(g, self.n, replace=False) for g in groups]
         idx = np.sort(np.concatenate(keep))
-        return rebuild(rec, _values(rec)[:, :, idx], units=idx)
+        return _keep_units(rec, idx, self.op)
 
 
 @dataclass(frozen=True)
@@ -182,7 +197,8 @@ class KeepSessions(Transform):
 @dataclass(frozen=True)
 class DropAreas(Transform):
     """Remove every unit of the named ``areas`` (names absent from the recording are ignored);
-    with ``n`` instead, drop ``n`` areas chosen at random. At least one area must remain."""
+    with ``n`` instead, drop ``n`` areas chosen at random. At least one area must remain;
+    sessions where no remaining unit has a value are dropped (at least 3 must remain)."""
 
     op: ClassVar[str] = "drop_areas"
     areas: tuple[str, ...] = ()
@@ -206,10 +222,7 @@ class DropAreas(Transform):
         keep_areas = [a for a in present if a not in drop]
         _check(bool(keep_areas), self.op, f"dropping {sorted(drop)} leaves no area")
         idx = np.flatnonzero(np.isin(rec.coords["unit_area"].values, keep_areas))
-        vals = _values(rec)[:, :, idx]
-        sessions_ok = ~np.isnan(vals).all(axis=(1, 2))
-        _check(bool(sessions_ok.all()), self.op, "the remaining areas have no value in some session")
-        return rebuild(rec, vals, units=idx)
+        return _keep_units(rec, idx, self.op)
 
 
 # --- measurement ---------------------------------------------------------------------------
