@@ -18,8 +18,9 @@ from rulefinder.store import ZooStore, store_info
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A writer process: waits for the go file (so that writers really overlap), then writes its
-# shards, sleeping `delay` seconds after each network, and prints when it started and ended.
+# A writer process: says it is ready, waits for the go file (so that writers really overlap),
+# then writes its shards, sleeping `delay` seconds after each network, and prints when it
+# started and ended.
 WRITER = r"""
 import json, os, sys, time
 sys.path.insert(0, os.getcwd())
@@ -28,6 +29,7 @@ from rulefinder.store import ZooStore
 
 url, go, plan, delay = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), float(sys.argv[4])
 store = ZooStore.open(url, mode="r+")
+open(f"{go}.ready.{os.getpid()}", "w").close()
 while not os.path.exists(go):
     time.sleep(0.01)
 start = time.time()
@@ -60,6 +62,11 @@ def test_two_processes_write_shards_concurrently_nothing_lost_or_duplicated(tmp_
         [["p1s0", 4, 100], ["p1s1", 4, 110], ["p1s2", 4, 120]],
     ]
     writers = [start_writer(url, go, plan, delay=0.05) for plan in plans]
+    deadline = time.monotonic() + 120
+    while len(list(tmp_path.glob("go.ready.*"))) < len(writers):  # both imported and open
+        assert time.monotonic() < deadline, "writers did not start"
+        assert all(w.poll() is None for w in writers), [w.stderr.read() for w in writers]
+        time.sleep(0.02)
     go.touch()
     windows = []
     for w in writers:
@@ -106,7 +113,7 @@ def test_writer_killed_mid_shard_leaves_a_readable_store_that_lists_incomplete_n
             time.sleep(0.05)
     finally:
         os.kill(writer.pid, signal.SIGKILL)
-        writer.wait(timeout=30)
+        writer.communicate(timeout=30)
     assert writer.returncode == -signal.SIGKILL
 
     store = ZooStore.open(url)

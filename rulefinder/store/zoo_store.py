@@ -77,6 +77,15 @@ def _quiet_consolidated():
         yield
 
 
+@contextlib.contextmanager
+def _quiet_partial_writes():
+    """A listing may meet a writer's temporary ``*.partial`` file (zarr writes local files
+    atomically through one; a killed writer leaves it behind). Expected here, and harmless."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*not recognized as a component of a Zarr")
+        yield
+
+
 def _as_str(values: Any) -> np.ndarray:
     return np.array([str(v) for v in np.asarray(values, dtype=object).ravel().tolist()], dtype=str).reshape(
         np.shape(values)
@@ -219,7 +228,8 @@ class ZooStore:
     def shard_ids(self) -> list[str]:
         if SHARDS_GROUP not in self._root:
             return []
-        return sorted(name for name, _ in self._root[SHARDS_GROUP].groups())
+        with _quiet_partial_writes():
+            return sorted(name for name, _ in self._root[SHARDS_GROUP].groups())
 
     def refresh(self) -> ZooStore:
         """A fresh view of the store (shards written since opening become visible)."""
@@ -337,7 +347,7 @@ class ZooStore:
     def consolidate(self) -> None:
         """Write consolidated metadata (call once, after the last writer has finished)."""
         store = location.zarr_store(self.url, storage_options=self._storage_options)
-        with _quiet_consolidated():
+        with _quiet_consolidated(), _quiet_partial_writes():
             zarr.consolidate_metadata(store)
             self._root = zarr.open_group(store, mode="r+", use_consolidated=True)
         self._consolidated = True
@@ -432,9 +442,11 @@ class ZooStore:
         if self._shard_cache is not None and self._shard_cache[0] == shard_id:
             return self._shard_cache[1]
         group = self._root[f"{SHARDS_GROUP}/{shard_id}"]
+        with _quiet_partial_writes():
+            members = list(group.arrays())
         arrays = {
             name: _plain(np.asarray(arr[...]))
-            for name, arr in group.arrays()
+            for name, arr in members
             if name not in ("activations", "complete")
         }
         self._shard_cache = (shard_id, arrays)
