@@ -51,7 +51,7 @@ class Hebbian(LearningRule):
     supports = ("mlp", "resmlp")
 
     def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.8,
-                 hebbian_scale: float = 1.0, temperature: float = 0.0, plasticity: str = "sanger",
+                 hebbian_scale: float = 0.1, temperature: float = 0.0, plasticity: str = "sanger",
                  trace_decay: float = 0.9):
         if plasticity not in ("krotov_hopfield", "sanger"):
             raise ValueError("plasticity must be 'krotov_hopfield' or 'sanger'")
