@@ -172,7 +172,7 @@ def store_info_cmd(
     try:
         info = store_info(path)
     except (FileNotFoundError, ValueError) as exc:
-        _fail(f"{path}: {exc}")
+        _fail(str(exc) if path in str(exc) else f"{path}: {exc}")
     typer.echo(info.model_dump_json(indent=2) if as_json else info.to_text())
 
 
