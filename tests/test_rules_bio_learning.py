@@ -87,8 +87,12 @@ def task():
 
 @pytest.fixture(scope="module")
 def yardsticks(task):
-    return {res: (best_accuracy(ReadoutOnly(), task, res), best_accuracy(Backprop(), task, res))
-            for res in (False,)}
+    return {False: (best_accuracy(ReadoutOnly(), task, False), best_accuracy(Backprop(), task, False))}
+
+
+@pytest.fixture(scope="module")
+def residual_yardsticks(task):
+    return best_accuracy(ReadoutOnly(), task, True), best_accuracy(Backprop(), task, True)
 
 
 def check(rule_id, acc, base, bp):
@@ -109,3 +113,21 @@ def test_backprop_beats_the_random_feature_baseline(yardsticks):
 def test_rule_assigns_credit_on_digits(rule_id, task, yardsticks):
     base, bp = yardsticks[False]
     check(rule_id, best_accuracy(get_rule(rule_id)(), task, residual=False), base, bp)
+
+
+RESIDUAL_SHORTFALL = {
+    # The identity skip keeps the random first-layer features, which makes the baseline strong
+    # (about 0.89 vs 0.77 without the skip); Sanger features do not clearly beat it there yet.
+    "hebbian": "Hebbian features do not clearly beat random ones through a resmlp skip (open)",
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "rule_id",
+    [pytest.param(r, marks=pytest.mark.xfail(reason=RESIDUAL_SHORTFALL[r], strict=False))
+     if r in RESIDUAL_SHORTFALL else r for r in GRADIENT_APPROXIMATING + CLEAR_BAR],
+)
+def test_rule_assigns_credit_on_digits_resmlp(rule_id, task, residual_yardsticks):
+    base, bp = residual_yardsticks
+    check(rule_id, best_accuracy(get_rule(rule_id)(), task, residual=True), base, bp)
