@@ -211,10 +211,21 @@ def arch_family(net) -> str:
     raise TypeError(f"not a zoo network: {type(net).__name__}")
 
 
+def shared_input_linear(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a = x W_m^T + b_m for an input x (B, n_in) SHARED by the M networks, as ONE large GEMM
+    ``x @ [W_1; ...; W_M]^T`` (B, M n_out) instead of M small ones; its weight gradient under
+    autograd is one GEMM as well. Returns (M, B, n_out)."""
+    m, n_out, n_in = w.shape
+    a = torch.matmul(x, w.reshape(m * n_out, n_in).t()).view(x.shape[0], m, n_out).transpose(0, 1)
+    return (a + b.unsqueeze(1)).contiguous()
+
+
 def layer_pre_with(net, layer, h_prev, w, b, feedback=None):
     """Pre-activation of ``layer`` with explicit parameters (and optional feedback weights)."""
     if isinstance(net, PopulationCNN):
         return net.layer_pre_with(layer, h_prev, w, b, feedback)
+    if feedback is None and h_prev.dim() == 3 and h_prev.stride(0) == 0:
+        return shared_input_linear(h_prev[0], w, b)
     if feedback is not None:
         return FeedbackLinear.apply(h_prev, w, b, feedback)
     return torch.baddbmm(b.unsqueeze(1), h_prev, w.transpose(1, 2))

@@ -54,7 +54,7 @@ class SGD(PopulationOptimizer):
         self.t += 1
         lr = self._effective_lr(frozen)
         for p, d in zip(self.params, directions):
-            p.sub_(_per_network(lr, p) * d)
+            p.addcmul_(_per_network(lr, p), d, value=-1.0)  # one in-place pass, no temporary
 
 
 class Momentum(PopulationOptimizer):
@@ -74,7 +74,7 @@ class Momentum(PopulationOptimizer):
                 v.copy_(d)
             else:
                 v.mul_(self.momentum).add_(d)
-            p.sub_(_per_network(lr, p) * v)
+            p.addcmul_(_per_network(lr, p), v, value=-1.0)
 
 
 class Adam(PopulationOptimizer):
@@ -96,7 +96,7 @@ class Adam(PopulationOptimizer):
             m.mul_(self.b1).add_(d, alpha=1.0 - self.b1)
             v.mul_(self.b2).addcmul_(d, d, value=1.0 - self.b2)
             denom = (v / c2).sqrt_().add_(self.eps)
-            p.sub_(_per_network(lr / c1, p) * m / denom)
+            p.addcmul_(_per_network(lr / c1, p), m / denom, value=-1.0)
 
 
 def make_optimizer(name: str, params: Sequence[torch.Tensor], lr, **kwargs) -> PopulationOptimizer:
