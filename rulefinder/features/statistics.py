@@ -69,6 +69,8 @@ SCALE_POWER = np.array([_SCALE_POWER.get(n, 0) for n in STAT_NAMES], dtype=np.fl
 _CONSTANT_REL = 1e-12
 # Dimensionless statistics below this are rounding noise around an exact 0.
 _ZERO_SNAP = 1e-9
+# Values per chunk of row-local work: two 64 x 256 sessions, a few hundred kB per temporary.
+_CHUNK_VALUES = 2 * 16384
 
 
 def area_scale(x: np.ndarray) -> np.ndarray:
@@ -92,14 +94,6 @@ def _shape_stats(mu, m2, m3, m4):
     skew = np.where(np.abs(skew) < _ZERO_SNAP, 0.0, skew)
     kurt = np.where(np.abs(kurt) < _ZERO_SNAP, 0.0, kurt)
     return np.sqrt(ms), mu, m2, skew, kurt
-
-
-def _central(p1, p2, p3, p4):
-    """Central moments m2, m3, m4 from the raw moments p_j = E[(x - c)^j] about any centre c."""
-    m2 = np.maximum(p2 - p1 * p1, 0.0)
-    m3 = p3 - 3 * p1 * p2 + 2 * p1**3
-    m4 = p4 - 4 * p1 * p3 + 6 * p1 * p1 * p2 - 3 * p1**4
-    return m2, m3, m4
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -168,16 +162,80 @@ def session_statistics(x: np.ndarray) -> np.ndarray:
         return _session_statistics(x)
 
 
+def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
+    """Row-local sums and moments of a chunk of rows, written into the given views.
+
+    Per-unit (over stimuli) and per-stimulus (over units) sums of x, |x| and x^2 come from
+    the values themselves, so that ratios such as (mean |x|)^2 / mean x^2 are exact where they
+    should be (a single value, a constant magnitude). Moments are taken in float64 about each
+    transform's own mean, so that offset or nearly constant sets keep their precision: x about
+    its row mean c (y = x - c), x^2 about its row mean (f = x^2 - mean x^2), |x| about its
+    mean on rows with both signs (on rows of one sign |x| is x or -x: the moments of x).
+    Written: ``mom[t] = (mean, m2, m3, m4)`` per transform t, ``row_ms`` = mean x^2.
+    """
+    rows = v.shape[0]
+    v3 = v.reshape(rows, k, n)
+    q = v * v
+    a = np.abs(v)
+    q3 = q.reshape(rows, k, n)
+    a3 = a.reshape(rows, k, n)
+    sums["x"][0][:] = v3.sum(axis=1)
+    sums["x"][1][:] = v3.sum(axis=2)
+    sums["a"][0][:] = a3.sum(axis=1)
+    sums["a"][1][:] = a3.sum(axis=2)
+    sums["q"][0][:] = q3.sum(axis=1)
+    sums["q"][1][:] = q3.sum(axis=2)
+    sum_a = sums["a"][1].sum(axis=1)
+    row_ms[:] = sums["q"][1].sum(axis=1) / cnt
+    # |x| = x exactly on rows whose sums of x and |x| agree (no negative value), = -x likewise.
+    nonneg = sum_a == row_sum
+    nonpos = (sum_a == -row_sum) & ~nonneg
+
+    c = row_sum / cnt
+    y = v - c[:, None]
+    if mask is not None:
+        y *= mask
+    y2 = y * y
+    # The mean of y is 0 up to rounding of c (relative 1e-16): power sums from the second on.
+    p2, p3, p4 = y2.sum(axis=1) / cnt, _rowdot(y, y2) / cnt, _rowdot(y2, y2) / cnt
+    del y, y2
+    f = q
+    f -= row_ms[:, None]
+    if mask is not None:
+        f *= mask
+    f2 = f * f
+    mom["sq"][0] = row_ms
+    mom["sq"][1] = f2.sum(axis=1) / cnt
+    mom["sq"][2] = _rowdot(f, f2) / cnt
+    mom["sq"][3] = _rowdot(f2, f2) / cnt
+    del f, f2
+    mom["raw"][:] = (c, p2, p3, p4)
+    mom["abs"][:] = (np.where(nonpos, -c, c), p2, np.where(nonpos, -p3, p3), p4)
+    mixed = np.flatnonzero(~nonneg & ~nonpos)
+    if mixed.size:
+        am = a[mixed]
+        cm = cnt[mixed]
+        ca = sum_a[mixed] / cm
+        am -= ca[:, None]
+        if mask is not None:
+            am *= mask[mixed]
+        a2 = am * am
+        mom["abs"][:, mixed] = (ca, a2.sum(axis=1) / cm, _rowdot(am, a2) / cm, _rowdot(a2, a2) / cm)
+
+
 def _session_statistics(x: np.ndarray) -> np.ndarray:
     r, s, k, n = x.shape
     nrow = r * s
     rows = x.reshape(nrow, k * n)
-    row_sum = rows.sum(axis=1)
+    # Sums over units per stimulus, then per row: NaN anywhere in a row shows in its sum.
+    stim_x = x.reshape(nrow, k, n).sum(axis=2)
+    row_sum = stim_x.sum(axis=1)
     if np.isnan(row_sum).any():
         mask = ~np.isnan(rows)
         cnt = mask.sum(axis=1).astype(np.float64)
         v = np.where(mask, rows, 0.0)
-        row_sum = v.sum(axis=1)
+        stim_x = v.reshape(nrow, k, n).sum(axis=2)
+        row_sum = stim_x.sum(axis=1)
         m3 = mask.reshape(nrow, k, n)
         unit_cnt = m3.sum(axis=1).astype(np.float64)
         stim_cnt = m3.sum(axis=2).astype(np.float64)
@@ -191,83 +249,37 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
     out = np.empty((nrow, len(STAT_NAMES)))
     col = {name: i for i, name in enumerate(STAT_NAMES)}
 
+    # Row-local work goes in chunks of a few sessions so that its temporaries stay in cache.
+    step = max(1, _CHUNK_VALUES // (k * n))
+    sums = {key: (np.empty((nrow, n)), np.empty((nrow, k))) for key in ("x", "a", "q")}
+    mom = {key: np.empty((4, nrow)) for key in ("raw", "abs", "sq")}
+    row_ms = np.empty(nrow)
+    for i0 in range(0, nrow, step):
+        sl = slice(i0, min(i0 + step, nrow))
+        _row_moments(v[sl], None if mask is None else mask[sl], cnt[sl], row_sum[sl], k, n,
+                     {key: (val[0][sl], val[1][sl]) for key, val in sums.items()},
+                     {key: val[:, sl] for key, val in mom.items()}, row_ms[sl])
+    moments = {key: tuple(val) for key, val in mom.items()}
+
     # Quantiles from one float32 sort: exact order statistics of the values rounded to float32
     # (a relative change of at most 6e-8). numpy's sort is SIMD-vectorised and copes with the
     # ties of rectified activations, where introselect (np.partition) slows down tenfold.
     # Values are divided by the area scale s before rounding, so that c * x rounds exactly as
     # x does (up to a 1e-16 change in s): quantiles stay scale-invariant far below 1e-6.
-    sum_sq = _rowdot(v, v)
-    row_ms = sum_sq / np.maximum(cnt, 1.0)
+    sum_sq = row_ms * cnt
     scale = np.sqrt(sum_sq.reshape(r, s).sum(axis=1) / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
     scale = np.where(scale > 0, scale, 1.0)
-    inv = np.repeat(1.0 / scale, s)[:, None]
-    v32 = np.empty(v.shape, np.float32)
-    np.multiply(v if mask is None else np.where(mask, v, np.nan), inv, out=v32, casting="same_kind")
-    srt = np.sort(v32, axis=1)
+    inv = np.repeat(1.0 / scale, s)
+    v32 = np.empty((nrow, k * n), np.float32)
+    np.multiply(v if mask is None else np.where(mask, v, np.nan), inv[:, None], out=v32, casting="same_kind")
+    v32.sort(axis=1)
+    quant = _quantiles(v32, cnt)  # one vectorised search over all rows
+    quant *= np.repeat(scale, s)[None, None, :] ** np.array([1, 1, 2])[:, None, None]
     del v32
-    quant = _quantiles(srt, cnt) * np.repeat(scale, s)[None, None, :] ** np.array([1, 1, 2])[:, None, None]
-    nonneg = srt[:, 0] >= 0
-    last = np.maximum(cnt.astype(np.int64) - 1, 0)
-    nonpos = _take(srt, last) <= 0
-    del srt
-
-    # Moments in float64 about each transform's own mean, so that offset or nearly constant
-    # sets keep their precision: x about its row mean c (y = x - c), x^2 about its row mean
-    # (f = x^2 - mean x^2). |x| equals x (or -x) on rows of one sign; rows with both signs are
-    # centred on their mean |x| as well.
-    c = row_sum / cnt
-    y = v - c[:, None]
-    if mask is not None:
-        y *= mask
-    y2 = y * y
-    py = np.stack([y.sum(axis=1), y2.sum(axis=1), _rowdot(y, y2), _rowdot(y2, y2)]) / cnt
-    del y, y2
-
-    # Per-unit (over stimuli) and per-stimulus (over units) sums of x, |x| and x^2 from the
-    # values themselves: ratios such as (mean |x|)^2 / mean x^2 are then exact where they
-    # should be (a single value, a constant magnitude).
-    q = v * v
-    a = np.abs(v)
-    sums = {}
-    for name, arr in (("x", v), ("a", a), ("q", q)):
-        arr3 = arr.reshape(nrow, k, n)
-        sums[name] = (arr3.sum(axis=1), arr3.sum(axis=2))
-    f = q
-    f -= row_ms[:, None]  # q is not needed any more: reuse its memory
-    if mask is not None:
-        f *= mask
-    f2 = f * f
-    pf = np.stack([f.sum(axis=1), f2.sum(axis=1), _rowdot(f, f2), _rowdot(f2, f2)]) / cnt
-    del f, f2, q
-
-    raw_m = _central(*py)
-    moments = {
-        "raw": (c + py[0], *raw_m),
-        "sq": (row_ms + pf[0], *_central(*pf)),
-    }
-    # |x|: same central moments as x on non-negative rows, odd ones flipped on non-positive rows.
-    flip = nonpos & ~nonneg
-    abs_m = [np.where(flip, -moments["raw"][0], moments["raw"][0]), raw_m[0].copy(),
-             np.where(flip, -raw_m[1], raw_m[1]), raw_m[2].copy()]
-    mixed = np.flatnonzero(~nonneg & ~nonpos)
-    if mixed.size:
-        am = a[mixed]
-        cm = cnt[mixed]
-        ca = am.sum(axis=1) / cm
-        am -= ca[:, None]
-        if mask is not None:
-            am *= mask[mixed]
-        a2 = am * am
-        pa = np.stack([am.sum(axis=1), a2.sum(axis=1), _rowdot(am, a2), _rowdot(a2, a2)]) / cm
-        am2, am3, am4 = _central(*pa)
-        for dst, val in zip(abs_m, (ca + pa[0], am2, am3, am4)):
-            dst[mixed] = val
-        del am, a2
-    del a
-    moments["abs"] = tuple(abs_m)
 
     for ti, name in enumerate(TRANSFORMS):
-        l2, mean, var, skew, kurt = _shape_stats(*moments[name])
+        mean, p2, p3, p4 = moments[name]
+        l2, mean, var, skew, kurt = _shape_stats(mean, np.maximum(p2, 0.0), p3, p4)
         for stat, val in (("l2", l2), ("mean", mean), ("var", var), ("skew", skew), ("kurt", kurt)):
             out[:, col[f"{name}_{stat}"]] = val
         out[:, col[f"{name}_median"]] = quant[ti, 0]
