@@ -71,7 +71,10 @@ RESIDUAL = [pytest.param(False, id="mlp"), pytest.param(True, id="resmlp")]
 def ref_node_perturbation(rule, net, m, x, y, noise):
     ws, bs = params_of(net, m)
     f, skip = net.activation.f, skips(net)
-    k_samples, sigma = rule.samples, rule.sigma
+    sigma = rule.sigma
+    k_samples = noise[0].shape[1] // B  # all draws, stacked along the batch
+    # each layer averages over the draws that perturb it (all of them, or its own if layerwise)
+    per_layer = [rule.samples if rule.layerwise else k_samples] * len(ws)
     clean = F.cross_entropy(forward_one(ws, bs, x, f, skip)[1][-1], y, reduction="none")
     dw = [torch.zeros_like(w) for w in ws]
     db = [torch.zeros_like(b) for b in bs]
@@ -85,17 +88,18 @@ def ref_node_perturbation(rule, net, m, x, y, noise):
                 a = ws[layer] @ h + bs[layer] + xi
                 h = a if layer == len(ws) - 1 else (h + f(a) if skip[layer] else f(a))
             loss = F.cross_entropy(h.unsqueeze(0), y[b : b + 1])
-            c = (loss - clean[b]) / sigma**2 / (B * k_samples)
             for layer in range(len(ws)):
+                c = (loss - clean[b]) / sigma**2 / (B * per_layer[layer])
                 dw[layer] += c * torch.outer(xis[layer], ins[layer])
                 db[layer] += c * xis[layer]
     return dw, db
 
 
+@pytest.mark.parametrize("layerwise", [True, False], ids=["layerwise", "joint"])
 @pytest.mark.parametrize("residual", RESIDUAL)
-def test_node_perturbation_matches_reference(residual):
+def test_node_perturbation_matches_reference(residual, layerwise):
     net, x, y, g = make_case(residual)
-    rule = get_rule("node_perturbation")(sigma=0.05, samples=3)
+    rule = get_rule("node_perturbation")(sigma=0.05, samples=3, layerwise=layerwise)
     state = rule.init_state(net, g)
     noise = rule.sample_noise(net, state, B)
     step = rule.step_with_noise(net, state, x, y, noise)

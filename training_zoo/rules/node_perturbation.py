@@ -47,6 +47,9 @@ class NodePerturbation(LearningRule):
 
     an unbiased estimate (to first order in :math:`\sigma`) of :math:`\partial L/\partial W_l`,
     since :math:`\mathbb E[(\tilde\ell-\ell)\xi] \approx \sigma^2\,\partial\ell/\partial a`. The
+    With ``layerwise=True`` each draw perturbs a single layer (``samples`` draws per layer) and
+    each layer averages over its own draws only, which cuts the variance that the other layers'
+    noise adds to its estimate. The
     residual skip of ``resmlp`` needs no special handling: the noise enters the branch
     pre-activation and its effect on the loss is measured through the whole network.
     The loss is the cross-entropy of the logits.
@@ -58,9 +61,18 @@ class NodePerturbation(LearningRule):
     description = "Node perturbation: noise on pre-activations, loss change as global reward signal"
     supports = ("mlp", "resmlp")
 
-    def __init__(self, sigma: float = 0.1, samples: int = 8):
+    def __init__(self, sigma: float = 0.1, samples: int = 4, layerwise: bool = True):
         self.sigma = float(sigma)
         self.samples = int(samples)
+        self.layerwise = bool(layerwise)
+
+    def draws(self, net) -> int:
+        """Perturbation draws per example: ``samples``, or ``samples`` per layer if layerwise."""
+        return self.samples * (net.n_layers if self.layerwise else 1)
+
+    def draw_counts(self, net) -> list[int]:
+        """How many draws perturb each layer."""
+        return [self.samples if self.layerwise else self.draws(net)] * net.n_layers
 
     def init_state(self, net, generator):
         return {"generator": child_generator(generator, net.device)}
@@ -69,11 +81,15 @@ class NodePerturbation(LearningRule):
         """Noise per layer, shape (M, K*B, n_l): K perturbation draws stacked along the batch."""
         g = state["generator"]
         dtype = net.weights[0].dtype
-        return [
-            torch.randn(net.m, self.samples * batch, w.shape[1], generator=g, device=net.device, dtype=dtype)
-            * self.sigma
-            for w in net.weights
-        ]
+        k = self.draws(net)
+        noise = []
+        for layer, w in enumerate(net.weights):
+            xi = torch.randn(net.m, k * batch, w.shape[1], generator=g, device=net.device, dtype=dtype)
+            if self.layerwise:  # draw d perturbs layer d // samples only
+                on = (torch.arange(k, device=net.device) // self.samples == layer).repeat_interleave(batch)
+                xi = xi * on.to(dtype).view(1, -1, 1)
+            noise.append(xi * self.sigma)
+        return noise
 
     def step(self, net, state, x, y):
         x = net.broadcast_input(x)
@@ -82,7 +98,7 @@ class NodePerturbation(LearningRule):
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)
         m, b, _ = x.shape
-        k = self.samples
+        k = self.draws(net)
         _, post = net.forward(x)
         clean = per_example_ce(post[-1], y)  # (M, B)
         yk = y.repeat(k) if y.dim() == 1 else y.repeat(1, k)
@@ -93,10 +109,10 @@ class NodePerturbation(LearningRule):
             a = net.layer_pre(layer, h) + noise[layer]
             h = net.layer_post(layer, a, h)
         noisy = per_example_ce(h, yk)  # (M, K*B)
-        coef = (noisy - clean.repeat(1, k)) / (self.sigma**2 * b * k)
+        coef = (noisy - clean.repeat(1, k)) / (self.sigma**2 * b)
         dws, dbs = [], []
-        for layer in range(net.n_layers):
-            e = noise[layer] * coef.unsqueeze(-1)
+        for layer, count in enumerate(self.draw_counts(net)):
+            e = noise[layer] * (coef / count).unsqueeze(-1)
             dws.append(torch.bmm(e.transpose(1, 2), inputs[layer]))
             dbs.append(e.sum(1))
         return RuleStep(weights=dws, biases=dbs, loss=clean.mean(1))
