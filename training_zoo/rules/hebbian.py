@@ -63,6 +63,9 @@ class Hebbian(LearningRule):
         self.hebbian_scale = float(hebbian_scale)
         self.temperature = float(temperature)
 
+    def init_state(self, net, generator):
+        return {"correlation": {}}  # layer -> slow trace of its input correlations (sanger)
+
     def step(self, net, state, x, y):
         x = net.broadcast_input(x)
         pre, post = net.forward(x)

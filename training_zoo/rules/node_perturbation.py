@@ -15,7 +15,7 @@ from training_zoo.rules.registry import register
 
 def child_generator(generator: torch.Generator, device) -> torch.Generator:
     """A fresh generator on ``device`` seeded from ``generator`` (deterministic for a seed)."""
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(seed)
     return g
