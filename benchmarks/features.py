@@ -59,7 +59,9 @@ def main() -> None:
         return fe.transform_block(block, np.arange(s), unit_area, area_order)
 
     extract()  # warm up allocations and thread pool
+    c0 = time.process_time()
     t_feat = _best(extract, args.repeats)
+    cpu_feat = (time.process_time() - c0) / args.repeats
 
     chunks = np.array_split(block, args.threads * 4)
     pool = ThreadPoolExecutor(args.threads)
@@ -87,6 +89,10 @@ def main() -> None:
         "recordings_per_s": r / t_feat,
         "plain_pass_recordings_per_s": r / t_plain,
         "fraction_of_plain_pass": t_plain / t_feat,
+        # CPU time of this process per recording (all threads): on a machine shared with other
+        # jobs, wall-clock rates understate what idle cores give (about threads / cpu time).
+        "cpu_ms_per_recording": 1e3 * cpu_feat / r,
+        "idle_cores_estimate_recordings_per_s": args.threads * r / cpu_feat,
         "per_recording_path_recordings_per_s": n_single / t_single,
         "megabytes_per_recording": block[0].nbytes / 1e6,
         "cpu_count": os.cpu_count(),

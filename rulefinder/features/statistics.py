@@ -176,20 +176,28 @@ def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
     rows = v.shape[0]
     v3 = v.reshape(rows, k, n)
     q = v * v
-    a = np.abs(v)
     q3 = q.reshape(rows, k, n)
-    a3 = a.reshape(rows, k, n)
     sums["x"][0][:] = v3.sum(axis=1)
     sums["x"][1][:] = v3.sum(axis=2)
-    sums["a"][0][:] = a3.sum(axis=1)
-    sums["a"][1][:] = a3.sum(axis=2)
     sums["q"][0][:] = q3.sum(axis=1)
     sums["q"][1][:] = q3.sum(axis=2)
-    sum_a = sums["a"][1].sum(axis=1)
     row_ms[:] = sums["q"][1].sum(axis=1) / cnt
-    # |x| = x exactly on rows whose sums of x and |x| agree (no negative value), = -x likewise.
-    nonneg = sum_a == row_sum
-    nonpos = (sum_a == -row_sum) & ~nonneg
+    # |x| is x on rows without a negative value (rectified activations: most of the zoo) and
+    # -x on rows without a positive one; only rows with both signs need |x| itself.
+    nonneg = v.min(axis=1) >= 0
+    nonpos = np.zeros(rows, bool)
+    nonpos[~nonneg] = v[~nonneg].max(axis=1) <= 0
+    mixed = np.flatnonzero(~nonneg & ~nonpos)
+    sign = np.where(nonpos, -1.0, 1.0)[:, None]
+    sums["a"][0][:] = sums["x"][0] * sign
+    sums["a"][1][:] = sums["x"][1] * sign
+    sum_a = row_sum * sign[:, 0]
+    if mixed.size:
+        a = np.abs(v[mixed])
+        a3 = a.reshape(mixed.size, k, n)
+        sums["a"][0][mixed] = a3.sum(axis=1)
+        sums["a"][1][mixed] = a3.sum(axis=2)
+        sum_a[mixed] = sums["a"][1][mixed].sum(axis=1)
 
     c = row_sum / cnt
     y = v - c[:, None]
@@ -211,9 +219,8 @@ def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
     del f, f2
     mom["raw"][:] = (c, p2, p3, p4)
     mom["abs"][:] = (np.where(nonpos, -c, c), p2, np.where(nonpos, -p3, p3), p4)
-    mixed = np.flatnonzero(~nonneg & ~nonpos)
     if mixed.size:
-        am = a[mixed]
+        am = a
         cm = cnt[mixed]
         ca = sum_a[mixed] / cm
         am -= ca[:, None]
