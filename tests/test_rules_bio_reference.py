@@ -160,7 +160,7 @@ def ref_hebbian(rule, net, m, x, y):
                 for i in range(n_units):
                     recon = sum(yb[j] * w[j] for j in range(i + 1))
                     upd[i] += yb[i] * (v[b] - recon) / B
-            dw.append(-upd / power)
+            dw.append(-upd / power * rule.hebbian_scale)
         else:
             for b in range(B):
                 cur = w @ v[b]
@@ -168,8 +168,8 @@ def ref_hebbian(rule, net, m, x, y):
                 for rank_pos, unit in enumerate(order[: rule.rank].tolist()):
                     gval = 1.0 if rank_pos == 0 else (-rule.anti_hebbian if rank_pos == rule.rank - 1 else 0.0)
                     upd[unit] += gval * (v[b] - cur[unit] * w[unit])
-            dw.append(-upd / B)
-        db.append((pre[layer] > 0).double().mean(0) - rule.target_rate)
+            dw.append(-upd / B * rule.hebbian_scale)
+        db.append(((pre[layer] > 0).double().mean(0) - rule.target_rate) * rule.hebbian_scale)
     gw, gb = ref_readout(ws, bs, post[-2], y)
     return dw + [gw], db + [gb]
 
