@@ -248,3 +248,19 @@ def test_extractor_names_and_shapes():
     assert out.shape == (4, fe.n_features_out_)
     assert list(out.coords["recording"].values) == [0, 1, 1, 1]
     assert np.isfinite(out.values).all()
+
+
+def test_benchmark_prints_one_json_object():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "features.py"
+    res = subprocess.run(
+        [sys.executable, str(script), "--recordings", "4", "--sessions", "5", "--stimuli", "8",
+         "--units", "16", "--areas", "2", "--threads", "1", "--repeats", "1"],
+        capture_output=True, text=True, check=True, timeout=120,
+    )
+    out = json.loads(res.stdout)
+    assert out["recordings_per_s"] > 0 and out["plain_pass_recordings_per_s"] > 0
