@@ -416,3 +416,23 @@ def test_forward_forward_matches_reference(residual):
     noise = rule.sample_noise(net, state, B)
     step = rule.step_with_noise(net, state, x, y, noise)
     assert_step_matches(step, [ref_forward_forward(rule, net, m, x, y, noise) for m in range(M)])
+
+
+# ----------------------------------------------------------------------------- own forward / predict
+@pytest.mark.parametrize("rule_id", ["equilibrium_propagation", "forward_forward"])
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_rules_with_their_own_network_evaluation_keep_the_densestack_layout(rule_id, residual):
+    """Rules whose network is not DenseStack.forward expose ``forward`` (for recordings) and
+    ``predict`` (for accuracy) with the same shapes as the plain network."""
+    net, x, y, g = make_case(residual, activation="relu")
+    rule = get_rule(rule_id)()
+    state = rule.init_state(net, g)
+    pre, post = rule.forward(net, state, x)
+    ref_pre, ref_post = net.forward(x)
+    assert [t.shape for t in pre] == [t.shape for t in ref_pre]
+    assert [t.shape for t in post] == [t.shape for t in ref_post]
+    torch.testing.assert_close(post[0], net.broadcast_input(x))
+    scores = rule.predict(net, state, x)
+    assert scores.shape == (M, B, SIZES[-1]) and torch.isfinite(scores).all()
+    if rule_id == "equilibrium_propagation":  # its prediction is the free fixed point's readout
+        torch.testing.assert_close(scores, post[-1])

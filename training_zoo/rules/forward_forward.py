@@ -73,8 +73,8 @@ class ForwardForward(LearningRule):
         return h / torch.sqrt((h**2).mean(-1, keepdim=True) + self.eps)
 
     def layers(self, net, x_embedded):
-        """Return (pre, branch, inputs, h): per hidden layer a_l, r_l, its input; final activity."""
-        pre, branch, inputs = [], [], []
+        """Per hidden layer: pre-activation a_l, branch r_l, its (normalised) input, activity h_l."""
+        pre, branch, inputs, acts = [], [], [], []
         h = x_embedded
         for layer in range(net.n_layers - 1):
             inp = h if layer == 0 else self.normalise(h)
@@ -84,17 +84,18 @@ class ForwardForward(LearningRule):
             pre.append(a)
             branch.append(r)
             inputs.append(inp)
-        return pre, branch, inputs, h
+            acts.append(h)
+        return pre, branch, inputs, acts
 
     def forward(self, net, state, x):
-        """(pre, post) of the neutral-label pass, in DenseStack.forward's layout."""
+        """(pre, post) of the neutral-label pass, in DenseStack.forward's layout: ``post[0]`` the
+        raw input, ``post[l]`` hidden layer l's activity before normalisation, ``post[-1]`` the
+        readout logits."""
         x = net.broadcast_input(x)
         c = net.weights[-1].shape[1]
-        pre, _, inputs, h = self.layers(net, self.embed(x, None, c))
-        top = self.normalise(h)
-        z = net.layer_pre(net.n_layers - 1, top)
-        hs = [*inputs[1:], top] if net.n_layers > 1 else [top]
-        return [*pre, z], [x, *hs[: net.n_layers - 1], z]
+        pre, _, _, acts = self.layers(net, self.embed(x, None, c))
+        z = net.layer_pre(net.n_layers - 1, self.normalise(acts[-1]))
+        return [*pre, z], [x, *acts, z]
 
     def predict(self, net, state, x):
         """Total goodness per candidate label: (M, B, C), larger = more likely."""
@@ -133,8 +134,8 @@ class ForwardForward(LearningRule):
                 d = dl_dg.unsqueeze(-1) * (2.0 / r.shape[-1]) * r * net.activation.df(pre[layer])
                 dws[layer] += torch.bmm(d.transpose(1, 2), inputs[layer]) / b
                 dbs[layer] += d.sum(1) / b
-        _, _, _, h = self.layers(net, self.embed(x, None, c))
-        top = self.normalise(h)
+        _, _, _, acts = self.layers(net, self.embed(x, None, c))
+        top = self.normalise(acts[-1])
         z = net.layer_pre(n - 1, top)
         err = torch.softmax(z, -1) - torch.nn.functional.one_hot(yy, c).to(x.dtype)
         dws[n - 1] = torch.bmm(err.transpose(1, 2), top) / b
