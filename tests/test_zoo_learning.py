@@ -30,8 +30,11 @@ def _arch(rule_cls) -> dict:
 
 @pytest.fixture(scope="module")
 def task():
+    # one thread: small ops on a shared 2-core machine stall on a second OpenMP thread
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    return load_task("digits")
+    yield load_task("digits")
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
