@@ -181,7 +181,7 @@ def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
     sums["x"][1][:] = v3.sum(axis=2)
     sums["q"][0][:] = q3.sum(axis=1)
     sums["q"][1][:] = q3.sum(axis=2)
-    row_ms[:] = sums["q"][1].sum(axis=1) / cnt
+    row_ms[:] = sums["q"][1].sum(axis=1) / np.maximum(cnt, 1.0)  # 0 for an empty row
     # |x| is x on rows without a negative value (rectified activations: most of the zoo) and
     # -x on rows without a positive one; only rows with both signs need |x| itself.
     nonneg = v.min(axis=1) >= 0
