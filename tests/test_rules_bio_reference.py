@@ -436,3 +436,19 @@ def test_rules_with_their_own_network_evaluation_keep_the_densestack_layout(rule
     assert scores.shape == (M, B, SIZES[-1]) and torch.isfinite(scores).all()
     if rule_id == "equilibrium_propagation":  # its prediction is the free fixed point's readout
         torch.testing.assert_close(scores, post[-1])
+
+
+@pytest.mark.parametrize("residual", RESIDUAL)
+def test_hebbian_trace_averages_input_correlations_over_batches(residual):
+    """With trace_decay = 1/2 the Sanger term after batches x1, x2 equals a fresh rule's on
+    both batches at once (equal sizes: the trace is then the correlation of the union)."""
+    net, x1, y1, g = make_case(residual, activation="relu")
+    x2 = torch.randn(B, SIZES[0], generator=g, dtype=torch.float64)
+    traced = get_rule("hebbian")(trace_decay=0.5)
+    state = traced.init_state(net, g)
+    traced.step(net, state, x1, y1)
+    second = traced.step(net, state, x2, y1)
+    fresh = get_rule("hebbian")(trace_decay=0.5)
+    union = fresh.step(net, fresh.init_state(net, g), torch.cat([x1, x2]), torch.cat([y1, y1]))
+    for layer in range(net.n_layers - 1):
+        torch.testing.assert_close(second.weights[layer], union.weights[layer], **TOL)

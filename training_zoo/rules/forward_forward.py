@@ -24,7 +24,8 @@ class ForwardForward(LearningRule):
     (``resmlp`` skip: :math:`h_l = \bar h_{l-1} + r_l`).
 
     Objective per hidden layer, goodness :math:`G_l = \mathrm{mean}_i\, r_{l,i}^2` (the layer's
-    own branch), threshold :math:`\theta`:
+    own branch), threshold :math:`\theta` (``threshold``; default 2, or 0.5 for units bounded
+    by 1, whose mean square cannot reach 2):
 
     .. math::
         \ell_l = \mathrm{softplus}(\theta - G_l^{+}) + \mathrm{softplus}(G_l^{-} - \theta),
@@ -50,13 +51,21 @@ class ForwardForward(LearningRule):
     description = "Forward-Forward: per-layer goodness, positive (true label) vs negative (wrong label) data"
     supports = ("mlp", "resmlp")
 
-    def __init__(self, threshold: float = 2.0, label_scale: float = 3.0, eps: float = 1e-6):
-        self.threshold = float(threshold)
+    BOUNDED = ("tanh", "sigmoid", "hardtanh")
+
+    def __init__(self, threshold: float | None = None, label_scale: float = 3.0, eps: float = 1e-6):
+        self.threshold = None if threshold is None else float(threshold)
         self.label_scale = float(label_scale)
         self.eps = float(eps)
 
     def init_state(self, net, generator):
         return {"generator": child_generator(generator, net.device)}
+
+    def theta(self, net) -> float:
+        """The goodness threshold: ``threshold``, or by default 2 (0.5 for units bounded by 1)."""
+        if self.threshold is not None:
+            return self.threshold
+        return 0.5 if net.activation.name in self.BOUNDED else 2.0
 
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> torch.Tensor:
         """x (M, B, n) with the label (M, B) written into its first C features (None: neutral)."""
@@ -122,6 +131,7 @@ class ForwardForward(LearningRule):
         c = net.weights[-1].shape[1]
         yy = y.unsqueeze(0).expand(m, -1) if y.dim() == 1 else y
         n = net.n_layers
+        theta = self.theta(net)
         dws = [torch.zeros_like(w) for w in net.weights]
         dbs = [torch.zeros_like(v) for v in net.biases]
         for labels, sign in ((yy, 1.0), ((yy + noise) % c, -1.0)):
@@ -130,7 +140,7 @@ class ForwardForward(LearningRule):
                 r = branch[layer]
                 good = (r**2).mean(-1)
                 # d loss / d G: -sigma(theta - G) for positive data, sigma(G - theta) for negative
-                dl_dg = -sign * torch.sigmoid(sign * (self.threshold - good))
+                dl_dg = -sign * torch.sigmoid(sign * (theta - good))
                 d = dl_dg.unsqueeze(-1) * (2.0 / r.shape[-1]) * r * net.activation.df(pre[layer])
                 dws[layer] += torch.bmm(d.transpose(1, 2), inputs[layer]) / b
                 dbs[layer] += d.sum(1) / b
