@@ -54,8 +54,15 @@ def _depths(areas: Sequence[str], area_order) -> tuple[np.ndarray, bool]:
     return np.asarray(pos, dtype=np.float64), True
 
 
-def _area_columns(unit_area: np.ndarray, areas: Sequence[str]) -> list[np.ndarray]:
-    return [np.flatnonzero(unit_area == a) for a in areas]
+def _area_columns(unit_area: np.ndarray, areas: Sequence[str]) -> list[np.ndarray | slice]:
+    """Unit indices of each area: a slice when contiguous (a zoo layer), which avoids a
+    gather over the whole block."""
+    cols: list[np.ndarray | slice] = []
+    for a in areas:
+        idx = np.flatnonzero(unit_area == a)
+        contiguous = idx[-1] - idx[0] + 1 == idx.size
+        cols.append(slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx)
+    return cols
 
 
 def _one_blas_thread():
@@ -69,7 +76,7 @@ def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray
     numbers alone or inside a block."""
     out = np.empty((values.shape[0], len(cols), len(STAT_NAMES), n_times))
     for ai, idx in enumerate(cols):
-        block = values[..., idx] if idx.size != values.shape[-1] else values
+        block = np.asarray(values[..., idx], dtype=np.float64)
         out[:, ai] = resample(session_statistics(block), session_time, n_times)
     return out
 
