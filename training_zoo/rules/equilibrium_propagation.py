@@ -22,7 +22,9 @@ class HopfieldRelaxation:
         E(r) = \sum_l G(r_l) - \sum_l r_l\cdot(W_l h_l + b_l),\qquad
         F_\beta = E + \beta\,\mathrm{CE}(W_L h_{L-1} + b_L,\ y).
 
-    Block-coordinate minimisation (one layer at a time, bottom-up) gives the sweep
+    One layer at a time, bottom-up, each layer set to its minimiser given its neighbours (exact
+    block minimisation of E; with a nudge the readout force is taken from the sweep's start),
+    gives the sweep
 
     .. math::
         r_l \leftarrow \rho\big(W_l h_l + b_l + D_{l+1}\big),\quad
@@ -106,7 +108,8 @@ class EquilibriumPropagation(LearningRule):
 
     Exactness: for converged phases the symmetric estimate equals the gradient of that
     cross-entropy at the free fixed point up to :math:`O(\beta^2)` (the equilibrium-propagation
-    theorem applies because the sweep is exact block minimisation of :math:`F_\beta`).
+    theorem applies because the sweep's fixed points are exactly the stationary points of
+    :math:`F_\beta`).
     ``state_bound`` clips the states (a hard-sigmoid-like range, as in Laborieux et al.) so the
     energy is bounded below whatever the weights; ``None`` disables it.
     """

@@ -46,8 +46,8 @@ class Hebbian(LearningRule):
 
     id = "hebbian"
     family = "hebbian"
-    reference = "Krotov & Hopfield 2019, PNAS; Oja 1982"
-    description = "Hebbian: competitive (Krotov-Hopfield) hidden layers with homeostatic thresholds, delta-rule readout"
+    reference = "Sanger 1989, Neural Networks; Oja 1982; Krotov & Hopfield 2019, PNAS"
+    description = "Hebbian: Oja/Sanger (or Krotov-Hopfield) hidden layers, homeostatic thresholds, delta-rule readout"
     supports = ("mlp", "resmlp")
 
     def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.8,
