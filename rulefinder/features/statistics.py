@@ -20,8 +20,8 @@ one session) and element set ``E`` (the ``K * N`` values, NaN dropped):
   the L2 norm over ``sqrt(|E|)``, so that it does not grow with the number of units), ``mean``,
   ``median``, ``q3`` (third quartile, numpy's linear interpolation), ``var`` (population
   variance), ``skew`` = m3 / m2^1.5 and ``kurt`` = m4 / m2^2 - 3 (0 for a constant set).
-  Central moments are computed about the row mean (shifted data) so that offset data (raw
-  fluorescence) keeps its precision.
+  Central moments are computed in float64 about each set's own mean so that offset data
+  (raw fluorescence) keeps its precision; quantiles come from one float32 sort of x / s.
 * ``selectivity``: mean over units of var_k(x) / mean_k(x^2), the stimulus-driven share of a
   unit's power (silent units skipped).
 * ``lifetime_sparseness``: mean over units of 1 - (mean_k |x|)^2 / mean_k x^2 (Vinje & Gallant's
@@ -34,6 +34,11 @@ one session) and element set ``E`` (the ``K * N`` values, NaN dropped):
   session's representation and the first (last) session's: representational drift.
 * ``dist_first`` / ``dist_last``: root mean square of x_t - x_0 (x_t - x_last) over the values
   present in both, divided by s: how far activity has moved.
+
+Degenerate sets are defined, never divided by zero: a constant set has skew = kurt = 0, silent
+units and stimuli are skipped, a session without stimulus structure has PR = CKA = 0, and
+values at rounding level of the row's scale are exact zeros (so that summation order cannot
+move them and break the invariances).
 """
 
 from __future__ import annotations
