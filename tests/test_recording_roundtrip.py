@@ -74,6 +74,13 @@ def test_zarr_round_trip(tmp_path, zarr_format):
     _assert_same(load_zarr_zip(path), rec)
 
 
+def test_zarr_keeps_json_attributes(tmp_path):
+    rec = _recording(np.random.default_rng(11)).assign_attrs(virtual='[{"op": "poisson"}]')
+    loaded = load_zarr_zip(save_zarr_zip(rec, tmp_path / "r.zarr.zip"))
+    assert loaded.attrs["virtual"] == '[{"op": "poisson"}]'
+    assert loaded.attrs["area_order"] == rec.attrs["area_order"]
+
+
 @pytest.mark.parametrize("container", ["DfOverF", "Fluorescence"])
 def test_nwb_ophys_round_trip(tmp_path, container):
     rec = _recording(np.random.default_rng(2), nan_frac=0.1)

@@ -153,6 +153,7 @@ def load_zarr_zip(path: str | Path, *, source: str | None = None) -> xr.DataArra
                 area_order=area_order,
                 unit=unit,
                 source=src,
+                attrs={k: v for k, v in var.attrs.items() if k != "area_order"},
             )
 
 
@@ -160,8 +161,13 @@ def save_zarr_zip(rec: xr.DataArray, path: str | Path, *, zarr_format: int = 3) 
     """Write ``rec`` as a zipped Zarr store (format 3 by default, 2 on request)."""
     path = Path(path)
     ds = rec.to_dataset(name="responses")
-    order = rec.attrs.get("area_order")
-    ds["responses"].attrs = {"area_order": list(order)} if order else {}
+    # JSON-like attributes travel with the recording (e.g. a virtual experiment's spec)
+    attrs = {k: v for k, v in rec.attrs.items() if isinstance(v, (str, int, float, bool, list))}
+    if attrs.get("area_order"):
+        attrs["area_order"] = list(attrs["area_order"])
+    else:
+        attrs.pop("area_order", None)
+    ds["responses"].attrs = attrs
     # variable-length strings have a Zarr v3 spec; fixed-width numpy unicode does not
     for name in ("unit_area", "stimulus", "unit"):
         if name in ds.coords and ds[name].dtype.kind == "U":
