@@ -169,7 +169,8 @@ def ref_hebbian(rule, net, m, x, y):
                     gval = 1.0 if rank_pos == 0 else (-rule.anti_hebbian if rank_pos == rule.rank - 1 else 0.0)
                     upd[unit] += gval * (v[b] - cur[unit] * w[unit])
             dw.append(-upd / B * rule.hebbian_scale)
-        db.append(((pre[layer] > 0).double().mean(0) - rule.target_rate) * rule.hebbian_scale)
+        homeostasis = rule.hebbian_scale if rule.homeostasis_scale is None else rule.homeostasis_scale
+        db.append(((pre[layer] > 0).double().mean(0) - rule.target_rate) * homeostasis)
     gw, gb = ref_readout(ws, bs, post[-2], y)
     return dw + [gw], db + [gb]
 

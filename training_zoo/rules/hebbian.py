@@ -25,7 +25,9 @@ class Hebbian(LearningRule):
     .. math::
         \Delta W_l \propto \frac{W C - \mathrm{LT}(W C W^\top)\,W}{\mathrm{tr}\,C},
 
-    normalised by the input power so the step is stable at any input scale.
+    normalised by the input power so the step is stable at any input scale (``power_norm``:
+    the trace of C, or its Frobenius norm, close to the top eigenvalue, which speeds up the
+    minor components).
 
     ``plasticity="krotov_hopfield"`` (Krotov & Hopfield 2019, p = 2): units ranked by current
     :math:`I_\mu = \langle W_\mu, v\rangle`; the winner gets :math:`g = 1`, the unit ranked
@@ -40,8 +42,8 @@ class Hebbian(LearningRule):
 
     Readout (delta rule): :math:`\Delta W_L \propto (y - \mathrm{softmax}(z))\,h_{L-1}^\top`.
 
-    Returned descent directions are minus these updates (batch means), the hidden-layer ones
-    scaled by ``hebbian_scale``.
+    Returned descent directions are minus these updates (batch means), the hidden weights'
+    scaled by ``hebbian_scale``, the thresholds' by ``homeostasis_scale`` (``None``: the same).
     """
 
     id = "hebbian"
@@ -51,12 +53,16 @@ class Hebbian(LearningRule):
     supports = ("mlp", "resmlp")
 
     def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.8,
-                 hebbian_scale: float = 0.1, temperature: float = 0.0, plasticity: str = "sanger",
-                 trace_decay: float = 0.9):
+                 hebbian_scale: float = 1.0, temperature: float = 0.0, plasticity: str = "sanger",
+                 trace_decay: float = 0.9, power_norm: str = "trace", homeostasis_scale: float | None = 0.1):
         if plasticity not in ("krotov_hopfield", "sanger"):
             raise ValueError("plasticity must be 'krotov_hopfield' or 'sanger'")
         self.plasticity = plasticity
         self.trace_decay = float(trace_decay)
+        if power_norm not in ("trace", "frobenius"):
+            raise ValueError("power_norm must be 'trace' or 'frobenius'")
+        self.power_norm = power_norm
+        self.homeostasis_scale = None if homeostasis_scale is None else float(homeostasis_scale)
         self.rank = int(rank)
         self.anti_hebbian = float(anti_hebbian)
         self.target_rate = float(target_rate)
@@ -85,10 +91,15 @@ class Hebbian(LearningRule):
                 wc = torch.bmm(w, cov)
                 hebb = wc - torch.bmm(torch.tril(torch.bmm(wc, w.transpose(1, 2))), w)
                 # normalised by the input power so the step is stable at any input scale
-                power = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1).clamp_min(1e-12).view(-1, 1, 1)
+                if self.power_norm == "frobenius":  # ~ the top eigenvalue: faster minor components
+                    power = torch.linalg.matrix_norm(cov)
+                else:
+                    power = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
+                power = power.clamp_min(1e-12).view(-1, 1, 1)
                 dws.append(-hebb * self.hebbian_scale / power)
                 rate = (pre[layer] > 0).to(v.dtype).mean(1)
-                dbs.append((rate - self.target_rate) * self.hebbian_scale)
+                hs = self.hebbian_scale if self.homeostasis_scale is None else self.homeostasis_scale
+                dbs.append((rate - self.target_rate) * hs)
                 continue
             if self.temperature > 0:
                 g = torch.softmax(current / self.temperature, dim=-1)
@@ -102,7 +113,8 @@ class Hebbian(LearningRule):
             hebb = torch.bmm(g.transpose(1, 2), v) - (g * current).sum(1).unsqueeze(-1) * w
             dws.append(-hebb * (self.hebbian_scale / b))
             rate = (pre[layer] > 0).to(v.dtype).mean(1)
-            dbs.append((rate - self.target_rate) * self.hebbian_scale)
+            hs = self.hebbian_scale if self.homeostasis_scale is None else self.homeostasis_scale
+            dbs.append((rate - self.target_rate) * hs)
         err = torch.softmax(post[-1], -1) - torch.nn.functional.one_hot(
             y.unsqueeze(0).expand(m, -1) if y.dim() == 1 else y, c
         ).to(post[-1].dtype)
