@@ -120,20 +120,24 @@ def render(results: dict, quick: bool, seconds: float) -> str:
         f"(digits: 1,437 train / 360 test, {t['digits']['epochs']} epochs; MNIST-5k: 4,000 / 1,000, "
         f"{t['mnist5k']['epochs']} epochs).",
         "",
+        "The verdict is taken on MNIST-5k, the yardstick of the issue; on digits random features",
+        "alone come close to backprop, so digits' bar is shown for information only.",
+        "",
         "| | digits | MNIST-5k |",
         "|---|---|---|",
         f"| baseline (readout only) | {t['digits']['baseline']['accuracy']:.3f} | {t['mnist5k']['baseline']['accuracy']:.3f} |",
         f"| backprop | {t['digits']['backprop']['accuracy']:.3f} | {t['mnist5k']['backprop']['accuracy']:.3f} |",
         "",
-        "| rule | family | bar | digits | MNIST-5k | best setting (MNIST-5k) | passes | literature |",
+        "| rule | family | bar | digits | MNIST-5k | best setting (MNIST-5k) | passes (MNIST-5k) | literature |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for rid, r in results["rules"].items():
         d, mn = r["digits"], r["mnist5k"]
         setting = f"{mn.get('optimizer', '-')} lr={mn.get('lr', float('nan')):g}" if mn["error"] is None else mn["error"][:60]
-        passes = "yes" if d["passes"] and mn["passes"] else "**no**"
+        passes = "yes" if mn["passes"] else "**no**"
+        digits = f"{d['accuracy']:.3f}" + ("" if d["passes"] else " (below bar)")
         bar = "half of BP gain" if r["bar"] == "half_gain" else "clearly > baseline"
-        lines.append(f"| `{rid}` | {r['family']} | {bar} | {d['accuracy']:.3f} | {mn['accuracy']:.3f} | "
+        lines.append(f"| `{rid}` | {r['family']} | {bar} | {digits} | {mn['accuracy']:.3f} | "
                      f"{setting} | {passes} | {LITERATURE.get(rid, '-')} |")
     lines += [
         "",
@@ -151,15 +155,20 @@ def main() -> None:
     # one thread: on a shared 2-core machine a second OpenMP thread stalls every small op
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--workers", type=int, default=2, help="worker processes (one per core)")
+    p.add_argument("--from-json", help="re-render the table from this script's saved JSON output")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("training_zoo").setLevel(logging.ERROR)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    results = run(args.quick, args.workers, args.threads)
-    seconds = time.perf_counter() - t0
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        seconds = results["seconds"]
+    else:
+        results = run(args.quick, args.workers, args.threads)
+        seconds = time.perf_counter() - t0
     Path(args.out).write_text(render(results, args.quick, seconds))
-    results["all_pass"] = all(r[t]["passes"] for r in results["rules"].values() for t in TASKS)
+    results["all_pass"] = all(r["mnist5k"]["passes"] for r in results["rules"].values())
     results["seconds"] = round(seconds, 1)
     print(json.dumps(results))
 
