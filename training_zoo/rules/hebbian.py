@@ -18,16 +18,16 @@ class Hebbian(LearningRule):
     currents (without bias), Oja/Sanger plasticity is
     :math:`\Delta W \propto y v^\top - \mathrm{LT}(y y^\top)\,W` (LT: lower triangle incl.
     diagonal: unit i is decorrelated from units j <= i); its rows converge to the principal
-    axes of the input, with unit norm. The correlations enter through a slow synaptic trace
-    :math:`C \leftarrow \lambda C + (1-\lambda)\,\mathrm{mean}_b(v v^\top)` (``trace_decay``
-    :math:`\lambda`; the first batch initialises it), so the expected update is
+    axes of the input, with unit norm. The products enter through slow eligibility traces,
+    :math:`\overline{X} \leftarrow \lambda\overline{X} + (1-\lambda)\,\mathrm{mean}_b X` for
+    :math:`X \in \{y v^\top, y y^\top, \lVert v\rVert^2\}` (``trace_decay`` :math:`\lambda`; the
+    first batch initialises them), and the update is
 
     .. math::
-        \Delta W_l \propto \frac{W C - \mathrm{LT}(W C W^\top)\,W}{\mathrm{tr}\,C},
+        \Delta W_l \propto \frac{\overline{y v^\top} - \mathrm{LT}(\overline{y y^\top})\,W}
+        {\overline{\lVert v\rVert^2}},
 
-    normalised by the input power so the step is stable at any input scale (``power_norm``:
-    the trace of C, or its Frobenius norm, close to the top eigenvalue, which speeds up the
-    minor components).
+    normalised by the input power so the step is stable at any input scale.
 
     ``plasticity="krotov_hopfield"`` (Krotov & Hopfield 2019, p = 2): units ranked by current
     :math:`I_\mu = \langle W_\mu, v\rangle`; the winner gets :math:`g = 1`, the unit ranked
@@ -54,14 +54,11 @@ class Hebbian(LearningRule):
 
     def __init__(self, rank: int = 2, anti_hebbian: float = 0.4, target_rate: float = 0.8,
                  hebbian_scale: float = 1.0, temperature: float = 0.0, plasticity: str = "sanger",
-                 trace_decay: float = 0.9, power_norm: str = "trace", homeostasis_scale: float | None = 0.1):
+                 trace_decay: float = 0.9, homeostasis_scale: float | None = 0.1):
         if plasticity not in ("krotov_hopfield", "sanger"):
             raise ValueError("plasticity must be 'krotov_hopfield' or 'sanger'")
         self.plasticity = plasticity
         self.trace_decay = float(trace_decay)
-        if power_norm not in ("trace", "frobenius"):
-            raise ValueError("power_norm must be 'trace' or 'frobenius'")
-        self.power_norm = power_norm
         self.homeostasis_scale = None if homeostasis_scale is None else float(homeostasis_scale)
         self.rank = int(rank)
         self.anti_hebbian = float(anti_hebbian)
@@ -70,7 +67,7 @@ class Hebbian(LearningRule):
         self.temperature = float(temperature)
 
     def init_state(self, net, generator):
-        return {"correlation": {}}  # layer -> slow trace of its input correlations (sanger)
+        return {"traces": {}}  # layer -> eligibility traces (y v^T, y y^T, |v|^2) for sanger
 
     def step(self, net, state, x, y):
         x = net.broadcast_input(x)
@@ -81,20 +78,19 @@ class Hebbian(LearningRule):
             v, w = post[layer], net.weights[layer]
             current = torch.bmm(v, w.transpose(1, 2))  # (M, B, n)
             if self.plasticity == "sanger":
-                # generalised Hebbian algorithm on a slow trace of the input correlations:
-                # E[y v^T] - LT(E[y y^T]) W = W C - LT(W C W^T) W, rows -> principal axes
-                cov = torch.bmm(v.transpose(1, 2), v) / b
-                traces = state.setdefault("correlation", {})
+                # generalised Hebbian algorithm: rows of W -> principal axes of the input
+                # eligibility traces of the Hebbian products y v^T, y y^T and of the input power
+                stats = (torch.bmm(current.transpose(1, 2), v) / b,
+                         torch.bmm(current.transpose(1, 2), current) / b,
+                         (v**2).sum(-1).mean(-1))
+                traces = state.setdefault("traces", {})
                 if layer in traces:
-                    cov = self.trace_decay * traces[layer] + (1.0 - self.trace_decay) * cov
-                traces[layer] = cov
-                wc = torch.bmm(w, cov)
-                hebb = wc - torch.bmm(torch.tril(torch.bmm(wc, w.transpose(1, 2))), w)
+                    stats = tuple(self.trace_decay * old + (1.0 - self.trace_decay) * new
+                                  for old, new in zip(traces[layer], stats))
+                traces[layer] = stats
+                yv, yy, power = stats
+                hebb = yv - torch.bmm(torch.tril(yy), w)
                 # normalised by the input power so the step is stable at any input scale
-                if self.power_norm == "frobenius":  # ~ the top eigenvalue: faster minor components
-                    power = torch.linalg.matrix_norm(cov)
-                else:
-                    power = torch.diagonal(cov, dim1=-2, dim2=-1).sum(-1)
                 power = power.clamp_min(1e-12).view(-1, 1, 1)
                 dws.append(-hebb * self.hebbian_scale / power)
                 rate = (pre[layer] > 0).to(v.dtype).mean(1)
