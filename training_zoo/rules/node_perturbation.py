@@ -35,24 +35,24 @@ def per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 class NodePerturbation(LearningRule):
     r"""Node perturbation (weight-update form of REINFORCE with a clean-pass baseline).
 
-    For each example and each of ``samples`` perturbation draws, every pre-activation gets noise
+    For each example and each of K perturbation draws, pre-activations get noise
     :math:`\xi_l \sim \mathcal N(0, \sigma^2 I)`; the noisy pass gives per-example loss
     :math:`\tilde\ell` and presynaptic activities :math:`\tilde h_{l-1}`, the clean pass gives
-    :math:`\ell`. The descent direction is
+    :math:`\ell`. With :math:`K_l` the draws that perturb layer l, the descent direction is
 
     .. math::
-        \Delta W_l = \frac{1}{BK}\sum_{b,k} \frac{\tilde\ell_{bk}-\ell_b}{\sigma^2}\,
+        \Delta W_l = \frac{1}{BK_l}\sum_{b,k} \frac{\tilde\ell_{bk}-\ell_b}{\sigma^2}\,
         \xi_{l,bk}\,\tilde h_{l-1,bk}^\top,\qquad
-        \Delta b_l = \frac{1}{BK}\sum_{b,k} \frac{\tilde\ell_{bk}-\ell_b}{\sigma^2}\,\xi_{l,bk},
+        \Delta b_l = \frac{1}{BK_l}\sum_{b,k} \frac{\tilde\ell_{bk}-\ell_b}{\sigma^2}\,\xi_{l,bk},
 
     an unbiased estimate (to first order in :math:`\sigma`) of :math:`\partial L/\partial W_l`,
-    since :math:`\mathbb E[(\tilde\ell-\ell)\xi] \approx \sigma^2\,\partial\ell/\partial a`. The
-    With ``layerwise=True`` each draw perturbs a single layer (``samples`` draws per layer) and
-    each layer averages over its own draws only, which cuts the variance that the other layers'
-    noise adds to its estimate. The
-    residual skip of ``resmlp`` needs no special handling: the noise enters the branch
-    pre-activation and its effect on the loss is measured through the whole network.
-    The loss is the cross-entropy of the logits.
+    since :math:`\mathbb E[(\tilde\ell-\ell)\xi] \approx \sigma^2\,\partial\ell/\partial a`.
+    ``layerwise=True`` (default): each draw perturbs a single layer, ``samples`` draws per layer
+    (:math:`K = L\cdot` ``samples``, :math:`K_l =` ``samples``), which removes the variance that
+    the other layers' noise adds to a layer's estimate; ``layerwise=False``: every draw perturbs
+    all layers (:math:`K = K_l =` ``samples``). The residual skip of ``resmlp`` needs no special
+    handling: the noise enters the branch pre-activation and its effect on the loss is measured
+    through the whole network. The loss is the cross-entropy of the logits.
     """
 
     id = "node_perturbation"
