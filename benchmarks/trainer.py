@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import time
 
@@ -32,7 +33,7 @@ from training_zoo.trainer import train_population
 M = 32
 STEPS = 30
 BATCH = 32
-NAIVE_SAMPLE = 4
+NAIVE_SAMPLE = 3
 # the default zoo's architecture families, at representative sizes
 MIX = [
     ({"family": "mlp", "depth": 2, "width": 64, "activation": "relu"}, "digits"),
@@ -162,6 +163,7 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
+    t_start = time.perf_counter()
     steps = 5 if args.quick else STEPS
     repeats = 2 if args.quick else 3
     tasks = {name: load_task(name) for name in {t for _, t in MIX} | {"mnist5k"}}
@@ -193,7 +195,7 @@ def main() -> None:
     peak = matmul_flops()
     achieved = {}
     for width in (128, 256, 512):
-        achieved[str(width)] = trainer_flops(width, 32, 128, 3 if args.quick else 5, tasks["mnist5k"], repeats + 2)
+        achieved[str(width)] = trainer_flops(width, 32, 128, 3 if args.quick else 10, tasks["mnist5k"], 3)
     peak = max(peak, matmul_flops())
     eff = {k: round(v / peak, 3) for k, v in achieved.items()}
     out = {
@@ -206,6 +208,8 @@ def main() -> None:
         "networks": M, "steps": steps, "batch_size": BATCH, "threads": args.threads,
         "architectures": [a for a, _ in MIX],
         "torch": torch.__version__, "machine": platform.machine(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+        "seconds": round(time.perf_counter() - t_start, 1),
     }
     print(json.dumps(out))
 
