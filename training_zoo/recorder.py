@@ -55,8 +55,14 @@ class Recorder:
         self._previous: list[torch.Tensor] | None = None
 
     @torch.no_grad()
-    def record(self, step: int, net, train_loss: torch.Tensor, test_accuracy: torch.Tensor) -> None:
-        _, post = net.forward(self.probes)
+    def record(self, step: int, net, train_loss: torch.Tensor, test_accuracy: torch.Tensor,
+               rule=None, state=None) -> None:
+        """Record one checkpoint. A rule with its own forward pass (the optional
+        ``rule.forward(net, state, x)`` hook, e.g. EqProp's fixed point) is recorded through it."""
+        if rule is not None and hasattr(rule, "forward"):
+            _, post = rule.forward(net, state, self.probes)
+        else:
+            _, post = net.forward(self.probes)
         layers = [unit_view(net, h).float() for h in post[1:]]
         sampled, change = [], []
         for layer, h in enumerate(layers):

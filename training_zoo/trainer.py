@@ -58,15 +58,34 @@ def checkpoint_steps(total_steps: int, count: int = 21, spacing: str = "even") -
     return steps
 
 
+def rule_logits(net, x, rule=None, state=None) -> torch.Tensor:
+    """The network's output logits (M, B, C), through the rule's own forward pass when it has one.
+
+    Optional rule hooks (rules whose network is not just ``net.forward``, e.g. EqProp's fixed
+    point or Forward-Forward's normalised layers): ``rule.forward(net, state, x) -> (pre, post)``
+    in ``net.forward``'s layout, and ``rule.predict(net, state, x) -> scores (M, B, C)`` for
+    classification (the class with the highest score wins).
+    """
+    if rule is not None and hasattr(rule, "forward"):
+        return rule.forward(net, state, x)[1][-1]
+    return net.logits(x)
+
+
 @torch.no_grad()
-def evaluate(net, x: torch.Tensor, y: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-network (accuracy, mean cross-entropy) on ``(x, y)``: two (M,) tensors."""
+def evaluate(net, x: torch.Tensor, y: torch.Tensor, chunk: int = 512, rule=None, state=None
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-network (accuracy, mean cross-entropy) on ``(x, y)``: two (M,) tensors.
+
+    With a ``rule`` that has the optional hooks (see :func:`rule_logits`), the loss comes from
+    its forward pass and the accuracy from its ``predict``.
+    """
     correct = torch.zeros(net.m, device=x.device, dtype=torch.float64)
     loss = torch.zeros(net.m, device=x.device, dtype=torch.float64)
     for i in range(0, len(x), chunk):
-        z = net.logits(x[i : i + chunk])
-        yy = y[i : i + chunk]
-        correct += (z.argmax(-1) == yy.unsqueeze(0)).sum(1).double()
+        xx, yy = x[i : i + chunk], y[i : i + chunk]
+        z = rule_logits(net, xx, rule, state)
+        scores = rule.predict(net, state, xx) if rule is not None and hasattr(rule, "predict") else z
+        correct += (scores.argmax(-1) == yy.unsqueeze(0)).sum(1).double()
         ce = torch.nn.functional.cross_entropy(
             z.reshape(-1, z.shape[-1]).double(), yy.repeat(net.m), reduction="none"
         ).reshape(net.m, -1)
@@ -149,7 +168,7 @@ def train_population(
         nonlocal next_ck
         # The last update may have blown a network up after its loss was checked: catch that
         # here so that nothing non-finite or exploded is ever recorded.
-        acc, test_loss = evaluate(net, task.x_test, task.y_test)
+        acc, test_loss = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
         finite = torch.ones(m, dtype=torch.bool, device=device)
         for p in net.parameters():
             finite &= torch.isfinite(p).reshape(m, -1).all(1)
@@ -162,9 +181,9 @@ def train_population(
             with torch.no_grad():
                 for s, p in zip(snapshot, net.parameters()):
                     p[blown] = s[blown]
-            acc, _ = evaluate(net, task.x_test, task.y_test)
-        _, fit_loss = evaluate(net, x_fit, y_fit)
-        recorder.record(step, net, fit_loss, acc)
+            acc, _ = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
+        _, fit_loss = evaluate(net, x_fit, y_fit, rule=rule, state=state)
+        recorder.record(step, net, fit_loss, acc, rule=rule, state=state)
         for s, p in zip(snapshot, net.parameters()):
             s.copy_(p)
         next_ck += 1
@@ -221,7 +240,7 @@ def train_population(
         bar.close()
     seconds = time.perf_counter() - t0
     if final_eval:
-        acc, test_loss = evaluate(net, task.x_test, task.y_test)
+        acc, test_loss = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
     else:
         acc = test_loss = torch.full((m,), float("nan"), device=device)
     log.info("rule %s: trained %d networks for %d steps in %.2fs (mean test acc %.3f, %d diverged)",
