@@ -1,5 +1,6 @@
 # rulefinder: two commands on a fresh machine.
-#   make run   creates .venv, installs, runs the main job
+#   make run   creates .venv, installs, runs the main job (rule catalogue, example
+#              recordings inspected, a tour of the zoo trained into runs/tour.zarr)
 #   make test  creates .venv if missing, installs, runs the whole test suite (fast + slow tier)
 
 VENV ?= .venv
@@ -32,6 +33,8 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/rulefinder rules
 	$(VENV)/bin/rulefinder inspect examples/mlp_backprop.npz examples/mlp_backprop.zarr.zip examples/ophys_mouse examples/ephys_units
+	$(PY) -m training_zoo run tour --store runs/tour.zarr --resume
+	$(VENV)/bin/rulefinder store info runs/tour.zarr
 
 test: install
 	$(PY) -m pytest -m "not slow" -q
@@ -46,5 +49,9 @@ test-slow: install
 examples: install
 	$(PY) examples/make_examples.py
 
+bench: install
+	$(PY) benchmarks/trainer.py
+	$(PY) benchmarks/features.py
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info runs
