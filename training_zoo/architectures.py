@@ -25,12 +25,12 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from training_zoo.dense import ACTIVATIONS, INITS, Activation, DenseStack, init_weight
+from training_zoo.dense import ACTIVATIONS, INITS, Activation, DenseStack, LayeredPopulation, init_weight
 
 ARCH_FAMILIES = ("mlp", "resmlp", "cnn")
 
 
-class PopulationCNN:
+class PopulationCNN(LayeredPopulation):
     """M small CNNs: ``len(channels)`` conv layers (k x k, stride 2, padding k//2) + linear readout.
 
     Layout: conv activations are ``(B, M * C, H, W)`` (network-major channel blocks), so layer
@@ -84,16 +84,8 @@ class PopulationCNN:
             self.biases.append(b.to(device=device, dtype=dtype))
 
     @property
-    def n_layers(self) -> int:
-        return len(self.weights)
-
-    @property
     def n_conv(self) -> int:
         return len(self.channels)
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights[0].device
 
     @property
     def sizes(self) -> list[int]:
@@ -105,9 +97,6 @@ class PopulationCNN:
 
     def is_skip(self, layer: int) -> bool:
         return False
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [*self.weights, *self.biases]
 
     def broadcast_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_features) shared input -> (B, C, H, W)."""
@@ -140,24 +129,6 @@ class PopulationCNN:
             b = h.shape[0]
             return h.reshape(b, self.m, -1).transpose(0, 1)
         return h
-
-    def forward(self, x: torch.Tensor):
-        h = self.broadcast_input(x)
-        pre, post = [], [h]
-        for layer in range(self.n_layers):
-            a = self.layer_pre(layer, h)
-            h = self.layer_post(layer, a, h)
-            pre.append(a)
-            post.append(h)
-        return pre, post
-
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)[1][-1]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"weight.{i}": w for i, w in enumerate(self.weights)}
-        out.update({f"bias.{i}": b for i, b in enumerate(self.biases)})
-        return out
 
 
 class FeedbackLinear(torch.autograd.Function):

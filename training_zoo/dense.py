@@ -102,7 +102,49 @@ def init_weight(
     return w * scale
 
 
-class DenseStack:
+class LayeredPopulation:
+    """What every population architecture shares: M networks as a stack of layers.
+
+    Subclasses hold ``weights``/``biases`` (lists, network index first) and implement
+    ``broadcast_input``, ``layer_pre(layer, h_prev)`` and ``layer_post(layer, a, h_prev)``.
+    """
+
+    weights: list[torch.Tensor]
+    biases: list[torch.Tensor]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.weights)
+
+    @property
+    def device(self) -> torch.device:
+        return self.weights[0].device
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [*self.weights, *self.biases]
+
+    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Return ``(pre, post)``: ``pre[l] = a_{l+1}`` and ``post[l] = h_l`` with ``post[0] = x``
+        and ``post[-1]`` the logits (``== pre[-1]``)."""
+        h = self.broadcast_input(x)
+        pre, post = [], [h]
+        for layer in range(self.n_layers):
+            a = self.layer_pre(layer, h)
+            h = self.layer_post(layer, a, h)
+            pre.append(a)
+            post.append(h)
+        return pre, post
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward(x)[1][-1]
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        out = {f"weight.{i}": w for i, w in enumerate(self.weights)}
+        out.update({f"bias.{i}": b for i, b in enumerate(self.biases)})
+        return out
+
+
+class DenseStack(LayeredPopulation):
     """M dense networks with layer sizes ``sizes = [n_0, n_1, ..., n_L]``.
 
     ``weights[l]`` is ``(M, n_{l+1}, n_l)`` and ``biases[l]`` ``(M, n_{l+1})`` for the
@@ -141,14 +183,6 @@ class DenseStack:
             self.weights.append(w.to(device=device, dtype=dtype))
             self.biases.append(b.to(device=device, dtype=dtype))
 
-    @property
-    def n_layers(self) -> int:
-        return len(self.weights)
-
-    @property
-    def device(self) -> torch.device:
-        return self.weights[0].device
-
     def is_skip(self, layer: int) -> bool:
         """Whether hidden layer ``layer`` (0-based over weights) adds its input back (resmlp)."""
         return (
@@ -156,9 +190,6 @@ class DenseStack:
             and layer < self.n_layers - 1
             and self.sizes[layer] == self.sizes[layer + 1]
         )
-
-    def parameters(self) -> list[torch.Tensor]:
-        return [*self.weights, *self.biases]
 
     def broadcast_input(self, x: torch.Tensor) -> torch.Tensor:
         """(B, n_0) shared by all networks, or (M, B, n_0) per network -> (M, B, n_0)."""
@@ -178,35 +209,20 @@ class DenseStack:
         h = self.activation.f(a)
         return h_prev + h if self.is_skip(layer) else h
 
-    def forward(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Return ``(pre, post)``: ``pre[l] = a_{l+1}`` and ``post[l] = h_l`` with ``post[0] = x``
-        and ``post[-1]`` the logits (``== pre[-1]``)."""
-        h = self.broadcast_input(x)
-        pre, post = [], [h]
-        for layer in range(self.n_layers):
-            a = self.layer_pre(layer, h)
-            h = self.layer_post(layer, a, h)
-            pre.append(a)
-            post.append(h)
-        return pre, post
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward(x)[1][-1]
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        out = {f"weight.{i}": w for i, w in enumerate(self.weights)}
-        out.update({f"bias.{i}": b for i, b in enumerate(self.biases)})
-        return out
-
-
-def cross_entropy_per_network(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over the batch for each network: logits (M, B, C), y (B,) or (M, B)."""
+def per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy per example: logits (M, B, C), y (B,) or (M, B) -> (M, B)."""
     m, b, c = logits.shape
     if y.dim() == 1:
         y = y.unsqueeze(0).expand(m, -1)
     return torch.nn.functional.cross_entropy(
         logits.reshape(m * b, c), y.reshape(m * b), reduction="none"
-    ).reshape(m, b).mean(dim=1)
+    ).reshape(m, b)
+
+
+def cross_entropy_per_network(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over the batch for each network: logits (M, B, C), y (B,) or (M, B)."""
+    return per_example_ce(logits, y).mean(dim=1)
 
 
 def output_error(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from training_zoo.rules.base import LearningRule, RuleStep
-from training_zoo.rules.node_perturbation import child_generator, per_example_ce
+from training_zoo.dense import per_example_ce
+from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 
+from training_zoo.dense import per_example_ce
 from training_zoo.rules.base import LearningRule, RuleStep
 from training_zoo.rules.registry import register
 
@@ -19,16 +20,6 @@ def child_generator(generator: torch.Generator, device) -> torch.Generator:
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(seed)
     return g
-
-
-def per_example_ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy per example: logits (M, B, C), y (B,) or (M, B) -> (M, B)."""
-    m, b, c = logits.shape
-    if y.dim() == 1:
-        y = y.unsqueeze(0).expand(m, -1)
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(m * b, c), y.reshape(m * b), reduction="none"
-    ).reshape(m, b)
 
 
 @register

@@ -6,7 +6,8 @@ import torch
 
 from training_zoo.dense import init_weight
 from training_zoo.rules.base import LearningRule, RuleStep
-from training_zoo.rules.node_perturbation import child_generator, per_example_ce
+from training_zoo.dense import per_example_ce
+from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
 
 
