@@ -20,8 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--resume", action="store_true", help="skip shards already complete in the store")
     run.add_argument("--max-shards", type=int, default=None, help="run only the first N shards")
     run.add_argument("--json", action="store_true", help="print the counts as JSON")
+    run.add_argument("-v", "--verbose", action="store_true", help="log every shard")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         counts = run_zoo(
             args.spec, args.store, device=args.device, resume=args.resume, max_shards=args.max_shards,
