@@ -62,3 +62,21 @@ class LearningRule:
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.hyperparameters().items())
         return f"{type(self).__name__}({args})"
+
+
+class StochasticRule(LearningRule):
+    """A rule whose step draws random numbers (perturbations, action choices, negative data).
+
+    Subclasses implement ``sample_noise(net, state, batch)`` and ``step_with_noise(net, state,
+    x, y, noise)``; keeping the draw separate lets tests replay a step with given noise.
+    """
+
+    def sample_noise(self, net, state: dict[str, Any], batch: int):
+        raise NotImplementedError
+
+    def step_with_noise(self, net, state: dict[str, Any], x: torch.Tensor, y: torch.Tensor, noise) -> RuleStep:
+        raise NotImplementedError
+
+    def step(self, net, state: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> RuleStep:
+        x = net.broadcast_input(x)
+        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))

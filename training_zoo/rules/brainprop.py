@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.base import RuleStep, StochasticRule
 from training_zoo.dense import per_example_ce
 from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
 
 
 @register
-class BrainProp(LearningRule):
+class BrainProp(StochasticRule):
     r"""Attention-gated brain propagation (Pozzi, Bohte & Roelfsema 2020; after AGREL/AuGMEnT).
 
     The logits are action values :math:`Q = z`. Per example one action is selected: the greedy
@@ -79,10 +79,6 @@ class BrainProp(LearningRule):
         cdf = torch.softmax(q / temperature, dim=-1).cumsum(-1)
         drawn = (cdf < u_draw.unsqueeze(-1)).sum(-1).clamp(max=q.shape[-1] - 1)
         return torch.where(u_explore < epsilon, drawn, greedy)
-
-    def step(self, net, state, x, y):
-        x = net.broadcast_input(x)
-        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))
 
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.base import RuleStep, StochasticRule
 from training_zoo.dense import per_example_ce
 from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
 
 
 @register
-class ForwardForward(LearningRule):
+class ForwardForward(StochasticRule):
     r"""Forward-Forward: every hidden layer separates positive from negative data by goodness.
 
     Data. The label is written into the first C input features (``label_scale`` times one-hot;
@@ -121,10 +121,6 @@ class ForwardForward(LearningRule):
         """Offsets 1..C-1 that turn the true label into a wrong one: (M, B) integers."""
         c = net.weights[-1].shape[1]
         return torch.randint(1, c, (net.m, batch), generator=state["generator"], device=net.device)
-
-    def step(self, net, state, x, y):
-        x = net.broadcast_input(x)
-        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))
 
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)

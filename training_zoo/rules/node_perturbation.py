@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from training_zoo.dense import per_example_ce
-from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.base import RuleStep, StochasticRule
 from training_zoo.rules.registry import register
 
 
@@ -23,7 +23,7 @@ def child_generator(generator: torch.Generator, device) -> torch.Generator:
 
 
 @register
-class NodePerturbation(LearningRule):
+class NodePerturbation(StochasticRule):
     r"""Node perturbation (weight-update form of REINFORCE with a clean-pass baseline).
 
     For each example and each of K perturbation draws, pre-activations get noise
@@ -81,10 +81,6 @@ class NodePerturbation(LearningRule):
                 xi = xi * on.to(dtype).view(1, -1, 1)
             noise.append(xi * self.sigma)
         return noise
-
-    def step(self, net, state, x, y):
-        x = net.broadcast_input(x)
-        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))
 
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import torch
 
 from training_zoo.dense import init_weight
-from training_zoo.rules.base import LearningRule, RuleStep
+from training_zoo.rules.base import RuleStep, StochasticRule
 from training_zoo.dense import per_example_ce
 from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
 
 
 @register
-class DifferenceTargetPropagation(LearningRule):
+class DifferenceTargetPropagation(StochasticRule):
     r"""Difference target propagation with learned approximate inverses.
 
     Forward activities :math:`h_k` (``h_0`` the input, :math:`h_k = f(a_k)`, ``resmlp`` skip
@@ -96,10 +96,6 @@ class DifferenceTargetPropagation(LearningRule):
             state["feedback_weights"][k - 1] -= lr * torch.bmm(d.transpose(1, 2), fwd) / b
             state["feedback_biases"][k - 1] -= lr[:, 0] * d.mean(1)
         return total
-
-    def step(self, net, state, x, y):
-        x = net.broadcast_input(x)
-        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))
 
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)
