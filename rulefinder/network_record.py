@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-METADATA_KEYS = ("rule", "family", "optimizer", "architecture", "arch_family", "task", "seed")
+from rulefinder.vocabulary import METADATA_KEYS
+
 
 
 @dataclass

@@ -25,9 +25,10 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from rulefinder.vocabulary import ARCH_FAMILIES
+
 from training_zoo.dense import ACTIVATIONS, INITS, Activation, DenseStack, LayeredPopulation, init_weight
 
-ARCH_FAMILIES = ("mlp", "resmlp", "cnn")
 
 
 class PopulationCNN(LayeredPopulation):

@@ -18,7 +18,8 @@ from collections.abc import Sequence
 
 import torch
 
-OPTIMIZERS = ("sgd", "momentum", "adam")
+from rulefinder.vocabulary import OPTIMIZERS
+
 
 
 def _per_network(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

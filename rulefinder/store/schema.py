@@ -50,6 +50,7 @@ import numpy as np
 import xarray as xr
 
 from rulefinder.network_record import METADATA_KEYS, NetworkRecord
+from rulefinder.vocabulary import STRING_METADATA
 from rulefinder.recording.model import areas_of, make_recording
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,6 @@ STORE_KIND = "rulefinder-zoo"
 SHARDS_GROUP = "shards"
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 
-STRING_METADATA = ("rule", "family", "optimizer", "architecture", "arch_family", "task")
 JSON_FIELDS = ("hyperparameters", "metadata_json", "extras_json", "recording_attrs_json")
 COUNT_FIELDS = (
     "n_checkpoints",

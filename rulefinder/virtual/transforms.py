@@ -21,15 +21,10 @@ import numpy as np
 import xarray as xr
 
 from rulefinder.recording.model import DIMS, MIN_SESSIONS, areas_of, make_recording
+from rulefinder.vocabulary import NOISE_LEVELS, SNR_HIGH, SNR_MODERATE, SNR_NONE  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
 
-#: The project's noise vocabulary: SNR = variance of a unit's mean responses across stimuli
-#: over the variance of its trial-to-trial noise.
-NOISE_LEVELS: dict[str, float] = {"none": math.inf, "moderate": 2.0, "high": 0.5}
-SNR_NONE = NOISE_LEVELS["none"]
-SNR_MODERATE = NOISE_LEVELS["moderate"]
-SNR_HIGH = NOISE_LEVELS["high"]
 
 
 class VirtualSpecError(ValueError):

@@ -17,6 +17,20 @@ from typing import Any, ClassVar
 import torch
 
 
+@dataclass(frozen=True)
+class Variant:
+    """One implementation variant of a rule: a set of choices on which published
+    implementations of the rule differ and which are not the rule itself (feedback scale,
+    output non-linearity and loss, readout, relaxation steps, ...).
+
+    ``kwargs`` are constructor arguments of the rule class; ``description`` says whose
+    implementation (paper or code base) makes these choices.
+    """
+
+    description: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class RuleStep:
     """What one call of :meth:`LearningRule.step` returns.
@@ -40,6 +54,9 @@ class LearningRule:
         reference: short citation of the paper the rule comes from.
         description: one line for the catalogue.
         supports: architecture family ids the rule is implemented for (``mlp``, ``resmlp``, ``cnn``).
+        variants: implementation variant id -> :class:`Variant`; ``"default"`` is the rule as
+            its paper defines it and is always present. Zoo specs sample a variant per shard;
+            evaluation holds variants out.
     """
 
     id: ClassVar[str] = ""
@@ -47,6 +64,14 @@ class LearningRule:
     reference: ClassVar[str] = ""
     description: ClassVar[str] = ""
     supports: ClassVar[tuple[str, ...]] = ()
+    variants: ClassVar[dict[str, Variant]] = {"default": Variant("The rule as its paper defines it.")}
+
+    @classmethod
+    def from_variant(cls, variant: str = "default", **overrides: Any) -> "LearningRule":
+        """An instance with ``variant``'s constructor arguments, then ``overrides`` on top."""
+        if variant not in cls.variants:
+            raise KeyError(f"rule {cls.id!r} has no variant {variant!r}; known: {', '.join(cls.variants)}")
+        return cls(**{**cls.variants[variant].kwargs, **overrides})
 
     def hyperparameters(self) -> dict[str, Any]:
         """Constructor arguments, for metadata (every rule stores its hyperparameters as attributes)."""

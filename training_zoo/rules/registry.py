@@ -8,19 +8,9 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
+from rulefinder.vocabulary import FAMILIES
 from training_zoo.rules.base import LearningRule
 
-FAMILIES = (
-    "backprop",
-    "feedback_alignment",
-    "energy_based",
-    "predictive_coding",
-    "target_propagation",
-    "dendritic",
-    "reinforcement",
-    "hebbian",
-    "local_objective",
-)
 
 _RULES: dict[str, type[LearningRule]] = {}
 _entry_points_loaded = False
@@ -30,6 +20,8 @@ def register(cls: type[LearningRule]) -> type[LearningRule]:
     """Class decorator: add ``cls`` under ``cls.id``. A second class with the same id is an error."""
     if not cls.id:
         raise ValueError(f"{cls.__name__} has no id")
+    if "default" not in cls.variants:
+        raise ValueError(f"{cls.__name__}.variants has no 'default' variant")
     if cls.family not in FAMILIES:
         raise ValueError(f"{cls.__name__}.family {cls.family!r} is not one of {FAMILIES}")
     existing = _RULES.get(cls.id)
@@ -64,7 +56,7 @@ def all_rules() -> dict[str, type[LearningRule]]:
 
 
 def catalogue() -> list[dict]:
-    """One dict per rule: id, family, description, reference, supported architectures."""
+    """One dict per rule: id, family, description, reference, supported architectures, variants."""
     return [
         {
             "id": cls.id,
@@ -72,6 +64,10 @@ def catalogue() -> list[dict]:
             "description": cls.description,
             "reference": cls.reference,
             "architectures": list(cls.supports),
+            "variants": [
+                {"id": name, "description": v.description, "kwargs": dict(v.kwargs)}
+                for name, v in cls.variants.items()
+            ],
         }
         for cls in all_rules().values()
     ]

@@ -1,19 +1,14 @@
-"""The ``rulefinder`` command line. Every command has ``--help``; ``--json`` gives machine output.
-
-Heavy imports (torch, the zoo, the store) happen inside the commands that need them, so
-``rulefinder --help`` and ``rulefinder inspect`` start quickly.
-"""
+"""``rulefinder inspect`` and ``rulefinder reduce``: recordings on disk."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from rulefinder.cli import JsonFlag, _fail, _split_csv, app
 from rulefinder.recording import (
     RecordingError,
     group_inputs,
@@ -21,40 +16,6 @@ from rulefinder.recording import (
     save_npz,
     summarize,
 )
-
-app = typer.Typer(
-    name="rulefinder",
-    help="Identify the learning rule a brain area uses from recordings over the course of learning.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-store_app = typer.Typer(help="The Zarr store of zoo observables.", no_args_is_help=True)
-app.add_typer(store_app, name="store")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
-
-
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
-
-
-def _split_csv(value: Optional[str]) -> Optional[list[str]]:
-    if value is None:
-        return None
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-@app.callback()
-def _main(
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log progress details.")] = False,
-) -> None:
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
 
 
 @app.command()
@@ -144,41 +105,3 @@ def reduce(
             f"wrote {out} ({out.stat().st_size} bytes): {summary.sessions} sessions, "
             f"{summary.stimuli} stimuli, {summary.units} units"
         )
-
-
-@app.command()
-def rules(as_json: JsonFlag = False) -> None:
-    """The learning-rule catalogue: id, family, description, reference, architectures."""
-    from training_zoo.rules import catalogue
-
-    entries = catalogue()
-    if as_json:
-        typer.echo(json.dumps(entries, indent=2))
-        return
-    for e in entries:
-        typer.echo(f"{e['id']:<30} {e['family']:<20} {', '.join(e['architectures'])}")
-        typer.echo(f"    {e['description']}")
-        typer.echo(f"    {e['reference']}")
-
-
-@store_app.command("info")
-def store_info_cmd(
-    path: Annotated[str, typer.Argument(help="Store path or fsspec URL (memory://, s3://...).")],
-    as_json: JsonFlag = False,
-) -> None:
-    """Networks per rule, architecture and task; size; completeness."""
-    from rulefinder.store import store_info
-
-    try:
-        info = store_info(path)
-    except (FileNotFoundError, ValueError) as exc:
-        _fail(str(exc) if path in str(exc) else f"{path}: {exc}")
-    typer.echo(info.model_dump_json(indent=2) if as_json else info.to_text())
-
-
-def main() -> None:  # pragma: no cover - console entry point
-    app()
-
-
-if __name__ == "__main__":  # pragma: no cover
-    app()
