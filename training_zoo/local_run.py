@@ -13,7 +13,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from rulefinder.store import ZooStore
-from training_zoo.spec import expand_spec, load_spec, run_shard
+from training_zoo.shard import run_shard
+from training_zoo.spec import expand_spec, load_spec
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A spec (YAML, schema in docs/zoo.md) is expanded into :class:`Shard` s, each one population
 (one rule, one optimizer, one architecture shape, one task, ``networks_per_shard`` networks)
-that :func:`run_shard` trains and records. Everything that is not the rule is varied so that a
+that :func:`training_zoo.shard.run_shard` trains and records. Everything that is not the rule is varied so that a
 classifier has to learn the rule, not the circumstances:
 
 - per shard: architecture shape (depth, width, activation, channels), batch size, input
@@ -24,13 +24,12 @@ from typing import Any
 import numpy as np
 import yaml
 
-from training_zoo.architectures import ARCH_FAMILIES, build_network, describe, reinitialise
+from training_zoo.architectures import ARCH_FAMILIES
 from training_zoo.dense import ACTIVATIONS, INITS
 from training_zoo.optimizers import OPTIMIZERS
-from training_zoo.recorder import Recorder
 from training_zoo.rules.registry import all_rules, get_rule
-from training_zoo.tasks import TASKS, load_task, parse_task_name
-from training_zoo.trainer import SPACINGS, checkpoint_steps, train_population
+from training_zoo.tasks import TASKS, parse_task_name
+from training_zoo.trainer import SPACINGS
 
 log = logging.getLogger(__name__)
 
@@ -198,53 +197,11 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     return shards
 
 
-def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) -> list:
-    """Train and record one shard; returns one NetworkRecord per network.
+def __getattr__(name: str):
+    # Running a shard lives apart from parsing (DESIGN.md: training_zoo.shard); the old
+    # import path keeps working. Lazy, because training_zoo.shard imports Shard from here.
+    if name == "run_shard":
+        from training_zoo.shard import run_shard
 
-    Diverged networks are returned with ``diverged=True`` (frozen at their last good
-    checkpoint, see :mod:`training_zoo.trainer`) and logged; the store keeps them out of
-    training sets.
-    """
-    import torch
-
-    if isinstance(shard, dict):
-        shard = Shard(**shard)
-    rule_cls = get_rule(shard.rule)
-    rule = rule_cls(**shard.rule_kwargs)
-    task = load_task(shard.task, n_probe=shard.probes, input_scale=shard.input_scale)
-    m = shard.n_networks
-    net = build_network(shard.arch, task.input_shape, task.n_classes, m, device=device)
-    reinitialise(net, shard.inits, shard.init_scales, shard.seeds)
-    per_epoch = len(task.y_train) // min(shard.batch_size, len(task.y_train))
-    total = max(int(math.ceil(shard.epochs * per_epoch)), shard.checkpoints - 1)
-    steps = checkpoint_steps(total, shard.checkpoints, shard.spacing)
-    recorder = Recorder(net, task.x_probe, shard.units_per_layer, seed=shard.seed)
-    # epochs only bounds the loop here; max_steps fixes the exact step count.
-    result = train_population(
-        rule, net, task, shard.optimizer, lr=torch.tensor(shard.lrs), epochs=total / per_epoch + 1,
-        batch_size=shard.batch_size, seed=shard.seed, max_steps=total, checkpoints=steps,
-        recorder=recorder, progress=progress,
-    )
-    ids = [f"{shard.shard_id}/{i}" for i in range(m)]
-    label = describe(shard.arch)
-    metadata = []
-    for i in range(m):
-        metadata.append({
-            "rule": shard.rule, "family": rule_cls.family, "optimizer": shard.optimizer,
-            "architecture": label, "arch_family": shard.arch["family"], "task": shard.task,
-            "seed": shard.seeds[i],
-            "hyperparameters": {
-                "lr": shard.lrs[i], "init": shard.inits[i], "init_scale": shard.init_scales[i],
-                "batch_size": shard.batch_size, "input_scale": shard.input_scale,
-                "epochs": shard.epochs, "steps": total, "checkpoint_spacing": shard.spacing,
-                "checkpoints": shard.checkpoints, **{k: v for k, v in shard.arch.items() if k != "family"},
-                "rule": {k: v for k, v in rule.hyperparameters().items()
-                         if isinstance(v, (int, float, str, bool))},
-                "shard_seed": shard.seed,
-            },
-        })
-    n_div = int(result["diverged"].sum())
-    if n_div:
-        log.warning("shard %s: %d of %d networks diverged (reported with diverged=True)",
-                    shard.shard_id, n_div, m)
-    return recorder.records(ids, metadata, result["diverged"], result["diverged_step"])
+        return run_shard
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
