@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -16,7 +18,21 @@ class Settings(BaseSettings):
         default=Path.home() / ".local" / "share" / "rulefinder",
         description="Server data and the model registry.",
     )
-    auth: str = Field(default="required", pattern="^(required|off)$")
+    auth: Literal["required", "off"] | None = Field(
+        default=None,
+        description="API keys required or not. Unset: off when the server binds to loopback (one "
+        "local owner), required anywhere else; 'off' on a non-loopback host refuses to start.",
+    )
+    host: str = Field(default="127.0.0.1", description="Address `rulefinder serve` binds to.")
+    port: int = Field(default=8000, ge=0, le=65535)
+    api_key: str | None = Field(default=None, description="The client's (and `predict --server`'s) API key.")
+    rate_limit_per_minute: float = Field(
+        default=600.0, gt=0, description="Requests per minute per API key (burst: a tenth of a minute's worth, at least 10)."
+    )
+    retention_days: float = Field(
+        default=30.0, ge=0, description="Uploads older than this are deleted with their predictions; 0 keeps them forever."
+    )
+    workers: int = Field(default=2, ge=1, le=64, description="Prediction worker threads of the server.")
     max_upload_bytes: int = Field(
         default=2 * 1024**3, description="Largest accepted upload, compressed, in bytes."
     )
@@ -25,6 +41,33 @@ class Settings(BaseSettings):
         description="Largest decompressed size of a .zarr.zip; larger archives are rejected as zip bombs.",
     )
     max_zip_members: int = Field(default=200_000, description="Most members in a .zarr.zip.")
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and the addresses of the loopback range (127.0.0.0/8, ::1)."""
+    if host.strip().lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def effective_auth(settings: Settings) -> Literal["required", "off"]:
+    """The auth mode the server runs with; refuses ``off`` anywhere but loopback.
+
+    Off is only safe with one local owner: anything that can reach a non-loopback address could
+    read and delete everybody's uploads.
+    """
+    loopback = is_loopback(settings.host)
+    if settings.auth is None:
+        return "off" if loopback else "required"
+    if settings.auth == "off" and not loopback:
+        raise ValueError(
+            f"RULEFINDER_AUTH=off with host {settings.host!r}: expected auth 'required' on any "
+            "address but loopback (127.0.0.1, ::1, localhost); create a key with `rulefinder keys create NAME`"
+        )
+    return settings.auth
 
 
 @lru_cache(maxsize=1)
