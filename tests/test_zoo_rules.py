@@ -145,7 +145,7 @@ def test_feedback_alignment_matches_reference(residual):
 def test_sign_symmetry_matches_reference(residual):
     net = make_net(residual)
     x, y = batch()
-    step = SignSymmetry().step(net, {}, x, y)
+    step = SignSymmetry(magnitude="mean_abs").step(net, {}, x, y)  # fixed scales: test_rules_fidelity_fa_tp
 
     def fb(i, ws):
         return [None] + [torch.sign(w) * w.abs().mean() for w in ws[1:]]

@@ -64,7 +64,9 @@ def rule_logits(net, x, rule=None, state=None) -> torch.Tensor:
     Optional rule hooks (rules whose network is not just ``net.forward``, e.g. EqProp's fixed
     point or Forward-Forward's normalised layers): ``rule.forward(net, state, x) -> (pre, post)``
     in ``net.forward``'s layout, and ``rule.predict(net, state, x) -> scores (M, B, C)`` for
-    classification (the class with the highest score wins).
+    classification (the class with the highest score wins). A third hook,
+    ``rule.bind_optimizer(state, make)``, is called by :func:`train_population` with
+    ``make(params) -> optimizer`` of the population's kind and settings.
     """
     if rule is not None and hasattr(rule, "forward"):
         return rule.forward(net, state, x)[1][-1]
@@ -145,6 +147,8 @@ def train_population(
     gen = torch.Generator().manual_seed(int(seed))
     state = rule.init_state(net, gen)
     opt = make_optimizer(optimizer, net.parameters(), lr, **(optimizer_kwargs or {}))
+    if hasattr(rule, "bind_optimizer"):  # rule state learning through W's optimizer (Kolen-Pollack's B)
+        rule.bind_optimizer(state, lambda params: make_optimizer(optimizer, params, lr, **(optimizer_kwargs or {})))
 
     n = len(task.y_train)
     batch_size = min(int(batch_size), n)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import torch
 
+from training_zoo.architectures import PopulationCNN, layer_pre_with
 from training_zoo.dense import per_example_ce
-from training_zoo.rules.base import RuleStep, StochasticRule
+from training_zoo.rules.backprop import leaves
+from training_zoo.rules.base import RuleStep, StochasticRule, Variant
 from training_zoo.rules.registry import register
 
 
@@ -20,6 +22,38 @@ def child_generator(generator: torch.Generator, device) -> torch.Generator:
     g = torch.Generator(device=torch.device(device))
     g.manual_seed(seed)
     return g
+
+
+def pre_shape(net, layer: int, n: int) -> tuple[int, ...]:
+    """Shape of layer ``layer``'s pre-activation for ``n`` examples in the population layout:
+    (M, n, units) for dense layers, (n, M * C, H, W) for conv layers."""
+    if isinstance(net, PopulationCNN) and layer < net.n_conv:
+        h, w = net.spatial[layer]
+        return (n, net.m * net.channels[layer], h, w)
+    return (net.m, n, net.weights[layer].shape[1])
+
+
+def per_example(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A per-network, per-example coefficient (M, n) shaped to multiply ``like`` (a layer's
+    tensor in the population layout; see :func:`pre_shape`)."""
+    if like.dim() == 4:
+        m = coef.shape[0]
+        return coef.t().repeat_interleave(like.shape[1] // m, dim=1).view(like.shape[0], like.shape[1], 1, 1)
+    return coef.unsqueeze(-1)
+
+
+def local_products(net, inputs, deltas):
+    """Sum over examples of delta_l (x) input_l for every layer (dense product or conv weight
+    gradient), by autograd of sum_l <a_l(inputs_l), delta_l> with the inputs held fixed."""
+    ws, bs = leaves(net)
+    with torch.enable_grad():
+        surrogate = sum((layer_pre_with(net, layer, inputs[layer].detach(), ws[layer], bs[layer]) * d).sum()
+                        for layer, d in enumerate(deltas) if d is not None)
+        grads = torch.autograd.grad(surrogate, [*ws, *bs], allow_unused=True)
+    n = len(ws)
+    dws = [torch.zeros_like(w) if g is None else g for w, g in zip(net.weights, grads[:n])]
+    dbs = [torch.zeros_like(b) if g is None else g for b, g in zip(net.biases, grads[n:])]
+    return dws, dbs
 
 
 @register
@@ -38,21 +72,36 @@ class NodePerturbation(StochasticRule):
 
     an unbiased estimate (to first order in :math:`\sigma`) of :math:`\partial L/\partial W_l`,
     since :math:`\mathbb E[(\tilde\ell-\ell)\xi] \approx \sigma^2\,\partial\ell/\partial a`.
-    ``layerwise=True`` (default): each draw perturbs a single layer, ``samples`` draws per layer
-    (:math:`K = L\cdot` ``samples``, :math:`K_l =` ``samples``), which removes the variance that
-    the other layers' noise adds to a layer's estimate; ``layerwise=False``: every draw perturbs
-    all layers (:math:`K = K_l =` ``samples``). The residual skip of ``resmlp`` needs no special
-    handling: the noise enters the branch pre-activation and its effect on the loss is measured
-    through the whole network. The loss is the cross-entropy of the logits.
+
+    Default (canonical node perturbation, Williams 1992; Werfel, Xie & Seung 2005; Fiete &
+    Seung 2006): one noisy pass per example (``samples=1``) that perturbs every layer at once
+    (``layerwise=False``, :math:`K = K_l = 1`) with small noise (``sigma=0.01``), so each
+    layer's estimate carries the variance that all the other units' noise adds.
+    ``layerwise=True``: each draw perturbs a single layer, ``samples`` draws per layer
+    (:math:`K = L\cdot` ``samples``, :math:`K_l =` ``samples``), a variance-reduced form.
+    The residual skip of ``resmlp`` needs no special handling: the noise enters the branch
+    pre-activation and its effect on the loss is measured through the whole network; on conv
+    layers every channel and position is a node with its own noise, and the product above is
+    the conv weight gradient. The loss is the cross-entropy of the logits.
     """
 
     id = "node_perturbation"
     family = "reinforcement"
     reference = "Williams 1992; Fiete & Seung 2006; Werfel, Xie & Seung 2005"
     description = "Node perturbation: noise on pre-activations, loss change as global reward signal"
-    supports = ("mlp", "resmlp")
+    supports = ("mlp", "resmlp", "cnn")
+    variants = {
+        "default": Variant("Canonical: every layer perturbed at once, one noisy pass per example, "
+                           "sigma 0.01 (Werfel et al. 2005; Fiete & Seung 2006)."),
+        "layerwise": Variant("Variance-reduced: each draw perturbs one layer, 4 draws per layer, sigma 0.1 "
+                             "(layer-wise perturbation as in Lillicrap et al. 2020's comparisons).",
+                             {"layerwise": True, "samples": 4, "sigma": 0.1}),
+        "multi_sample": Variant("All layers at once, averaged over 8 noisy passes per example, sigma 0.05 "
+                                "(code that averages several perturbations per update).",
+                                {"samples": 8, "sigma": 0.05}),
+    }
 
-    def __init__(self, sigma: float = 0.1, samples: int = 4, layerwise: bool = True):
+    def __init__(self, sigma: float = 0.01, samples: int = 1, layerwise: bool = False):
         self.sigma = float(sigma)
         self.samples = int(samples)
         self.layerwise = bool(layerwise)
@@ -69,27 +118,29 @@ class NodePerturbation(StochasticRule):
         return {"generator": child_generator(generator, net.device)}
 
     def sample_noise(self, net, state, batch: int) -> list[torch.Tensor]:
-        """Noise per layer, shape (M, K*B, n_l): K perturbation draws stacked along the batch."""
+        """Noise per layer in :func:`pre_shape`'s layout for K*B examples (K draws stacked
+        draw-major along the examples)."""
         g = state["generator"]
         dtype = net.weights[0].dtype
         k = self.draws(net)
         noise = []
-        for layer, w in enumerate(net.weights):
-            xi = torch.randn(net.m, k * batch, w.shape[1], generator=g, device=net.device, dtype=dtype)
+        for layer in range(net.n_layers):
+            xi = torch.randn(pre_shape(net, layer, k * batch), generator=g, device=net.device, dtype=dtype)
             if self.layerwise:  # draw d perturbs layer d // samples only
                 on = (torch.arange(k, device=net.device) // self.samples == layer).repeat_interleave(batch)
-                xi = xi * on.to(dtype).view(1, -1, 1)
+                xi = xi * per_example(on.to(dtype).expand(net.m, -1), xi)
             noise.append(xi * self.sigma)
         return noise
 
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)
-        m, b, _ = x.shape
+        conv = x.dim() == 4
+        b = x.shape[0] if conv else x.shape[1]
         k = self.draws(net)
         _, post = net.forward(x)
         clean = per_example_ce(post[-1], y)  # (M, B)
         yk = y.repeat(k) if y.dim() == 1 else y.repeat(1, k)
-        h = x.repeat(1, k, 1)  # (M, K*B, n0): draw-major stacking
+        h = x.repeat(k, 1, 1, 1) if conv else x.repeat(1, k, 1)  # K*B examples, draw-major
         inputs = []
         for layer in range(net.n_layers):
             inputs.append(h)
@@ -97,9 +148,6 @@ class NodePerturbation(StochasticRule):
             h = net.layer_post(layer, a, h)
         noisy = per_example_ce(h, yk)  # (M, K*B)
         coef = (noisy - clean.repeat(1, k)) / (self.sigma**2 * b)
-        dws, dbs = [], []
-        for layer, count in enumerate(self.draw_counts(net)):
-            e = noise[layer] * (coef / count).unsqueeze(-1)
-            dws.append(torch.bmm(e.transpose(1, 2), inputs[layer]))
-            dbs.append(e.sum(1))
+        deltas = [xi * per_example(coef / count, xi) for xi, count in zip(noise, self.draw_counts(net))]
+        dws, dbs = local_products(net, inputs, deltas)
         return RuleStep(weights=dws, biases=dbs, loss=clean.mean(1))
