@@ -102,3 +102,38 @@ def data_dir_with_model(data_dir: Path) -> Path:
 
     shutil.copytree(tiny_model_dir(), data_dir / "models", dirs_exist_ok=True)
     return data_dir
+
+
+class LiveServer:
+    """A real uvicorn server on 127.0.0.1 in a background thread (the app from ``create_app``)."""
+
+    def __init__(self, settings):
+        import socket
+
+        import uvicorn
+
+        from api.app import create_app
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.app = create_app(settings)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+
+    def __enter__(self):
+        import threading
+        import time
+
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.monotonic() + 60
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
