@@ -1,0 +1,407 @@
+"""``RuleIdentifier``: recordings -> calibrated rule / family / optimizer probabilities, an
+open-set (unknown) score and a verdict.
+
+Model (contract: /work/notes/interfaces.md; result fields: ``PredictionResult``):
+
+1. Each area of a recording becomes one row of features (:mod:`rulefinder.classify.features`):
+   the per-session statistics of :mod:`rulefinder.features` as trajectories over relative
+   time, their change from the first session, and the area's depth. Every statistic is
+   invariant to unit order, stimulus order and the recording's scale, so the model is too.
+2. Per target ``y`` in (rule, family, optimizer) one classifier on area rows gives
+   ``p_a(y)`` per area a; the recording's log-probabilities are the mean over its areas,
+   ``l(y) = mean_a log p_a(y)``, renormalised: ``p(y) ∝ exp(l(y) / T_y)`` with a temperature
+   ``T_y`` fitted (negative log-likelihood) on out-of-fold predictions.
+3. Out-of-fold (folds grouped by ``groups``, e.g. zoo shard, so no shard is on both sides)
+   predictions also set the open-set score and the verdict thresholds:
+
+   * ``unknown_score = 1 - min(1, 2 min(p_dist, p_conf))``, two conformal p-values of the
+     recording against the out-of-fold in-distribution recordings: ``p_dist`` of its
+     distance to the nearest training rows in standardised feature space, ``p_conf`` of
+     ``1 - max_y p(rule)``. In-distribution recordings get ``unknown_score >= 0.95``
+     about 5 % of the time (at most ~10 %) by construction.
+   * ``verdict`` is ``unknown`` when ``unknown_score >= unknown_threshold_``; else
+     ``identified`` when the top rule probability reaches ``identified_threshold_``, the
+     smallest value at which the out-of-fold top-rule accuracy of the recordings above it
+     is at least ``identified_precision``; else ``uncertain``.
+   * ``confusable_with``: the other rules whose probability is at least
+     ``confusable_ratio`` x the top rule's.
+
+Several recordings of one experiment (``predict_details(..., group=True)``) combine by
+summing their calibrated log-probabilities (independent evidence) and renormalising; the
+group's unknown score is the mean of its members'.
+
+The fitted object holds only numpy arrays, builtins and scikit-learn estimators, so skops can
+save it with :meth:`RuleIdentifier.trusted_types`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import xarray as xr
+from scipy.optimize import minimize_scalar
+from scipy.special import logsumexp
+from sklearn.base import BaseEstimator, clone
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GroupKFold
+from sklearn.neighbors import NearestNeighbors
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from rulefinder.classify.features import area_feature_rows
+
+log = logging.getLogger(__name__)
+
+TARGETS: tuple[str, ...] = ("rule", "family", "optimizer")
+#: Floor on a probability before its log (a classifier's 0 must not veto a whole recording).
+_P_FLOOR = 1e-4
+_CLIP = 1e6
+
+
+def _make_classifier(kind: str, random_state: int, max_iter: int):
+    if kind == "hgb":
+        return HistGradientBoostingClassifier(
+            max_iter=max_iter, learning_rate=0.1, max_leaf_nodes=15, l2_regularization=1.0, random_state=random_state
+        )
+    if kind == "logreg":
+        return make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=max(max_iter, 500)))
+    raise ValueError(f"classifier is {kind!r}: expected 'hgb' or 'logreg'")
+
+
+def _clean(x: np.ndarray) -> np.ndarray:
+    return np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=_CLIP, neginf=-_CLIP), -_CLIP, _CLIP)
+
+
+def _mean_logp(proba: np.ndarray, rec: np.ndarray, n_rec: int) -> np.ndarray:
+    """Mean over each recording's area rows of log p; rows are (recording-index) ``rec``."""
+    logp = np.log(np.clip(proba, _P_FLOOR, 1.0))
+    out = np.zeros((n_rec, proba.shape[1]))
+    np.add.at(out, rec, logp)
+    counts = np.bincount(rec, minlength=n_rec)
+    return out / np.maximum(counts, 1)[:, None]
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    return np.exp(logits - logsumexp(logits, axis=1, keepdims=True))
+
+
+def _fit_temperature(logits: np.ndarray, y_idx: np.ndarray) -> float:
+    def nll(log_t: float) -> float:
+        z = logits / np.exp(log_t)
+        return float(-(z[np.arange(len(y_idx)), y_idx] - logsumexp(z, axis=1)).mean())
+
+    res = minimize_scalar(nll, bounds=(np.log(0.05), np.log(20.0)), method="bounded")
+    return float(np.exp(res.x))
+
+
+def _conformal_p(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Fraction (with the +1 correction) of reference scores at least as large as each score."""
+    ref = np.sort(np.asarray(reference, dtype=np.float64))
+    n = ref.size
+    above = n - np.searchsorted(ref, scores, side="left")
+    return (above + 1.0) / (n + 1.0)
+
+
+class RuleIdentifier(BaseEstimator):
+    """Identify the learning rule (and family, optimizer) of recordings.
+
+    Parameters:
+        classifier: ``"hgb"`` (histogram gradient boosting) or ``"logreg"`` (standardised
+            multinomial logistic regression) on area rows.
+        max_iter: boosting iterations (hgb) / solver iterations (logreg).
+        n_times: points of the relative-time grid the statistics are resampled onto.
+        feature_set: which area features (:func:`rulefinder.classify.features.area_feature_rows`).
+        calibration_folds: grouped folds of the out-of-fold pass that fits temperatures and
+            thresholds (0 disables it: temperature 1, conformal references from the training
+            rows themselves, a weaker choice).
+        identified_precision: out-of-fold top-rule accuracy required for ``identified``.
+        unknown_level: ``unknown_score`` at or above which the verdict is ``unknown``.
+        confusable_ratio: a rule is confusable with the top one when its probability is at
+            least this fraction of the top probability.
+        n_neighbors: neighbours for the distance part of the unknown score.
+        random_state: seed of the classifiers.
+    """
+
+    def __init__(
+        self,
+        classifier: str = "hgb",
+        max_iter: int = 100,
+        n_times: int = 8,
+        feature_set: str = "stats+change",
+        calibration_folds: int = 4,
+        identified_precision: float = 0.9,
+        unknown_level: float = 0.95,
+        confusable_ratio: float = 0.25,
+        n_neighbors: int = 5,
+        random_state: int = 0,
+    ):
+        self.classifier = classifier
+        self.max_iter = max_iter
+        self.n_times = n_times
+        self.feature_set = feature_set
+        self.calibration_folds = calibration_folds
+        self.identified_precision = identified_precision
+        self.unknown_level = unknown_level
+        self.confusable_ratio = confusable_ratio
+        self.n_neighbors = n_neighbors
+        self.random_state = random_state
+
+    # --- features -----------------------------------------------------------------------
+
+    def transform(self, recordings: xr.DataArray | Sequence[xr.DataArray]) -> xr.DataArray:
+        """Area rows ``(sample, feature)`` with sample coords ``recording`` (index into the
+        input), ``area``, ``depth`` and ``units``."""
+        if isinstance(recordings, xr.DataArray):
+            recordings = [recordings]
+        return area_feature_rows(list(recordings), n_times=self.n_times, feature_set=self.feature_set)
+
+    # --- fitting ------------------------------------------------------------------------
+
+    def fit(self, recordings: Sequence[xr.DataArray], labels: Mapping[str, Sequence[str]], groups=None):
+        """Fit on recordings with one label per recording and target (``labels`` has keys
+        ``rule``, ``family``, ``optimizer``); ``groups`` (one per recording, e.g. the zoo shard)
+        keeps related recordings on one side of the calibration folds."""
+        recordings = list(recordings)
+        self._check_labels(labels, len(recordings), groups)  # before the costly features
+        return self.fit_features(self.transform(recordings), labels, groups)
+
+    @staticmethod
+    def _check_labels(labels: Mapping[str, Sequence[str]], n_rec: int, groups) -> None:
+        missing = [t for t in TARGETS if t not in labels]
+        if missing:
+            raise ValueError(f"labels lacks {missing}: expected keys {list(TARGETS)}")
+        for t in TARGETS:
+            n = len(labels[t])
+            if n != n_rec:
+                raise ValueError(f"labels[{t!r}] has {n} values: expected one per recording ({n_rec})")
+        if groups is not None and len(groups) != n_rec:
+            raise ValueError(f"groups has {len(groups)} values: expected one per recording ({n_rec})")
+
+    def fit_features(self, rows: xr.DataArray, labels: Mapping[str, Sequence[str]], groups=None):
+        """:meth:`fit` on area rows from :meth:`transform` (lets evaluation featurise once)."""
+        rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        n_rec = int(rec.max()) + 1 if rec.size else 0
+        self._check_labels(labels, n_rec, groups)
+        y = {t: np.asarray(labels[t]).astype(str) for t in TARGETS}
+        groups = np.arange(n_rec) if groups is None else np.asarray(groups)
+        X = _clean(rows.values)
+        self.feature_names_ = [str(f) for f in rows.coords["feature"].values]
+        self.n_features_in_ = X.shape[1]
+        self.classes_ = {t: np.unique(y[t]) for t in TARGETS}
+        if len(self.classes_["rule"]) < 2:
+            raise ValueError(f"labels['rule'] has one class {self.classes_['rule'].tolist()}: expected at least 2")
+
+        # Out-of-fold pass: temperatures, conformal references, verdict thresholds.
+        n_groups = len(np.unique(groups))
+        folds = min(self.calibration_folds, n_groups)
+        oof_logits = {t: np.zeros((n_rec, len(self.classes_[t]))) for t in TARGETS}
+        oof_dist = np.zeros(n_rec)
+        if folds >= 2:
+            for tr_rec, te_rec in GroupKFold(folds).split(np.zeros(n_rec), groups=groups):
+                tr = np.isin(rec, tr_rec)
+                te = np.isin(rec, te_rec)
+                models = self._fit_models(X[tr], {t: y[t][rec[tr]] for t in TARGETS})
+                local = np.searchsorted(te_rec, rec[te])
+                for t in TARGETS:
+                    oof_logits[t][te_rec] = self._logits(models[t], X[te], local, len(te_rec), t)
+                scaler, nn = self._fit_neighbors(X[tr])
+                oof_dist[te_rec] = self._distance(scaler, nn, X[te], local, len(te_rec))
+            self.temperature_ = {
+                t: _fit_temperature(oof_logits[t], np.searchsorted(self.classes_[t], y[t])) for t in TARGETS
+            }
+        else:
+            self.temperature_ = {t: 1.0 for t in TARGETS}
+
+        self.estimators_ = self._fit_models(X, {t: y[t][rec] for t in TARGETS})
+        self.scaler_, self.neighbors_ = self._fit_neighbors(X)
+        if folds < 2:  # no held-out pass: references from the training recordings themselves
+            for t in TARGETS:
+                oof_logits[t] = self._logits(self.estimators_[t], X, rec, n_rec, t)
+            oof_dist = self._distance(self.scaler_, self.neighbors_, X, rec, n_rec, skip_self=True)
+
+        p_rule = _softmax(oof_logits["rule"] / self.temperature_["rule"])
+        conf = 1.0 - p_rule.max(axis=1)
+        self.reference_distance_ = np.sort(oof_dist)
+        self.reference_uncertainty_ = np.sort(conf)
+        top = self.classes_["rule"][p_rule.argmax(axis=1)]
+        self.identified_threshold_ = self._precision_threshold(p_rule.max(axis=1), top == y["rule"])
+        self.unknown_threshold_ = float(self.unknown_level)
+        self.oof_rule_accuracy_ = float(np.mean(top == y["rule"]))
+        self.n_recordings_ = n_rec
+        return self
+
+    def _precision_threshold(self, top_p: np.ndarray, correct: np.ndarray) -> float:
+        order = np.argsort(-top_p)
+        hits = np.cumsum(correct[order]) / np.arange(1, len(order) + 1)
+        ok = np.flatnonzero(hits >= self.identified_precision)
+        # Need a handful of recordings above the threshold for it to mean anything.
+        ok = ok[ok >= min(9, len(order) - 1)]
+        if ok.size == 0:
+            return 1.0 + 1e-9  # never identified: the model is not precise enough anywhere
+        return float(top_p[order][ok.max()])
+
+    def _fit_models(self, X: np.ndarray, y: dict[str, np.ndarray]) -> dict:
+        models = {}
+        for t in TARGETS:
+            model = _make_classifier(self.classifier, self.random_state, self.max_iter)
+            models[t] = clone(model).fit(X, y[t])
+        return models
+
+    def _logits(self, model, X: np.ndarray, rec: np.ndarray, n_rec: int, target: str) -> np.ndarray:
+        """Mean area log-probabilities in ``classes_[target]`` order (a class missing from a
+        fold's training set gets the floor)."""
+        proba = model.predict_proba(X)
+        full = np.full((X.shape[0], len(self.classes_[target])), _P_FLOOR)
+        full[:, np.searchsorted(self.classes_[target], model.classes_)] = proba
+        return _mean_logp(full, rec, n_rec)
+
+    def _fit_neighbors(self, X: np.ndarray):
+        scaler = StandardScaler().fit(X)
+        nn = NearestNeighbors(n_neighbors=min(self.n_neighbors + 1, X.shape[0])).fit(scaler.transform(X))
+        return scaler, nn
+
+    def _distance(self, scaler, nn, X, rec, n_rec, skip_self: bool = False) -> np.ndarray:
+        z = np.clip(scaler.transform(X), -50, 50)
+        dist, _ = nn.kneighbors(z)
+        dist = dist[:, 1:] if skip_self else dist[:, :-1] if dist.shape[1] > 1 else dist
+        per_row = np.log1p(dist.mean(axis=1))
+        out = np.zeros(n_rec)
+        np.add.at(out, rec, per_row)
+        return out / np.maximum(np.bincount(rec, minlength=n_rec), 1)
+
+    # --- prediction ---------------------------------------------------------------------
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "estimators_"):
+            raise RuntimeError("RuleIdentifier is not fitted: call fit() first")
+
+    def predict_proba(self, recordings) -> dict[str, np.ndarray]:
+        """Per target, ``(n_recordings, n_classes)`` calibrated probabilities in ``classes_``
+        order."""
+        if isinstance(recordings, xr.DataArray):
+            recordings = [recordings]
+        return self.predict_proba_features(self.transform(list(recordings)))
+
+    def _calibrated_logp(self, rows: xr.DataArray) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+        self._check_fitted()
+        rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        n_rec = int(rec.max()) + 1 if rec.size else 0
+        X = _clean(rows.values)
+        if X.shape[1] != self.n_features_in_:
+            raise ValueError(f"features have {X.shape[1]} columns: expected {self.n_features_in_}")
+        out = {}
+        for t in TARGETS:
+            z = self._logits(self.estimators_[t], X, rec, n_rec, t) / self.temperature_[t]
+            out[t] = z - logsumexp(z, axis=1, keepdims=True)
+        return out, X, n_rec
+
+    def predict_proba_features(self, rows: xr.DataArray) -> dict[str, np.ndarray]:
+        logp, _, _ = self._calibrated_logp(rows)
+        return {t: np.exp(v) for t, v in logp.items()}
+
+    def predict(self, recordings) -> np.ndarray:
+        """Top rule per recording."""
+        p = self.predict_proba(recordings)["rule"]
+        return self.classes_["rule"][p.argmax(axis=1)]
+
+    def unknown_scores_features(self, rows: xr.DataArray, p_rule: np.ndarray | None = None) -> np.ndarray:
+        """``unknown_score`` per recording (see the module docstring)."""
+        rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        n_rec = int(rec.max()) + 1 if rec.size else 0
+        if p_rule is None:
+            p_rule = self.predict_proba_features(rows)["rule"]
+        dist = self._distance(self.scaler_, self.neighbors_, _clean(rows.values), rec, n_rec)
+        p_dist = _conformal_p(dist, self.reference_distance_)
+        p_conf = _conformal_p(1.0 - p_rule.max(axis=1), self.reference_uncertainty_)
+        return np.clip(1.0 - np.minimum(1.0, 2.0 * np.minimum(p_dist, p_conf)), 0.0, 1.0)
+
+    def predict_details(self, recordings, group: bool = False) -> list[dict]:
+        """One dict per recording (or one for the whole group) with the fields of
+        ``PredictionResult`` except ``model``, ``expected_accuracy``, ``noise``,
+        ``n_recordings`` and ``top_*``."""
+        if isinstance(recordings, xr.DataArray):
+            recordings = [recordings]
+        return self.predict_details_features(self.transform(list(recordings)), group=group)
+
+    def predict_details_features(self, rows: xr.DataArray, group: bool = False) -> list[dict]:
+        logp, X, n_rec = self._calibrated_logp(rows)
+        unknown = self.unknown_scores_features(rows, np.exp(logp["rule"]))
+        rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        area_p = self._area_rule_proba(X)
+        per_area = [[] for _ in range(n_rec)]
+        for i in range(len(rec)):
+            per_area[rec[i]].append(
+                {
+                    "area": str(rows.coords["area"].values[i]),
+                    "units": int(rows.coords["units"].values[i]),
+                    "depth": _depth_or_none(rows, i),
+                    "rule_probabilities": self._as_dict("rule", area_p[i]),
+                }
+            )
+        if group:
+            summed = {t: logp[t].sum(axis=0, keepdims=True) for t in TARGETS}
+            logp = {t: v - logsumexp(v, axis=1, keepdims=True) for t, v in summed.items()}
+            unknown = np.array([float(unknown.mean())])
+            warnings = [f"{n_rec} recordings combined into one verdict (evidence summed)"] if n_rec > 1 else []
+            per_area = [[dict(a, area=f"recording {r}: {a['area']}") for r in range(n_rec) for a in per_area[r]]]
+            return [self._details(logp, 0, float(unknown[0]), per_area[0], warnings)]
+        return [self._details(logp, i, float(unknown[i]), per_area[i], []) for i in range(n_rec)]
+
+    def _area_rule_proba(self, X: np.ndarray) -> np.ndarray:
+        model = self.estimators_["rule"]
+        proba = model.predict_proba(X)
+        full = np.full((X.shape[0], len(self.classes_["rule"])), _P_FLOOR)
+        full[:, np.searchsorted(self.classes_["rule"], model.classes_)] = proba
+        return full / full.sum(axis=1, keepdims=True)
+
+    def _as_dict(self, target: str, p: np.ndarray) -> dict[str, float]:
+        p = np.asarray(p, dtype=np.float64)
+        p = p / p.sum()
+        return {str(c): float(v) for c, v in zip(self.classes_[target], p, strict=True)}
+
+    def _details(self, logp, i: int, unknown: float, per_area: list, warnings: list[str]) -> dict:
+        p_rule = np.exp(logp["rule"][i])
+        order = np.argsort(-p_rule)
+        top_p = float(p_rule[order[0]])
+        confusable = [
+            str(self.classes_["rule"][j]) for j in order[1:] if p_rule[j] >= self.confusable_ratio * top_p
+        ]
+        if unknown >= self.unknown_threshold_:
+            verdict = "unknown"
+        elif top_p >= self.identified_threshold_:
+            verdict = "identified"
+        else:
+            verdict = "uncertain"
+        return {
+            "rule_probabilities": self._as_dict("rule", p_rule),
+            "family_probabilities": self._as_dict("family", np.exp(logp["family"][i])),
+            "optimizer_probabilities": self._as_dict("optimizer", np.exp(logp["optimizer"][i])),
+            "per_area": per_area,
+            "unknown_score": float(np.clip(unknown, 0.0, 1.0)),
+            "verdict": verdict,
+            "confusable_with": confusable,
+            "warnings": list(warnings),
+        }
+
+    # --- persistence --------------------------------------------------------------------
+
+    @classmethod
+    def trusted_types(cls) -> list[str]:
+        """Fully-qualified type names skops must trust to load a fitted ``RuleIdentifier``."""
+        return list(TRUSTED_TYPES)
+
+
+def _depth_or_none(rows: xr.DataArray, i: int) -> float | None:
+    known = rows.coords["depth_known"].values[i] if "depth_known" in rows.coords else 1.0
+    if not known:
+        return None
+    return float(rows.coords["depth"].values[i])
+
+
+TRUSTED_TYPES: tuple[str, ...] = (
+    "rulefinder.classify.estimator.RuleIdentifier",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+)
