@@ -71,10 +71,9 @@ ERRORS = {
 }
 
 
-def _npz_guard(path: Path, name: str) -> None:
+def _npz_guard(path: Path, name: str, limit: int) -> None:
     # numpy decompresses a member whole: bound the declared sizes (zipfile never inflates past
     # a member's declared size), so a zip bomb dressed as .npz is refused before any inflating.
-    limit = get_settings().max_unpacked_bytes
     with zipfile.ZipFile(path) as zf:
         declared = sum(i.file_size for i in zf.infolist())
     if declared > limit:
@@ -82,16 +81,17 @@ def _npz_guard(path: Path, name: str) -> None:
 
 
 def load_files(
-    fmt: str, paths: list[Path], names: list[str], area_order: list[str] | None
+    fmt: str, paths: list[Path], names: list[str], area_order: list[str] | None, max_unpacked: int | None = None
 ) -> tuple[xr.DataArray, list[str]]:
     """Load one recording from stored or incoming files whose format is known from content."""
+    max_unpacked = max_unpacked if max_unpacked is not None else get_settings().max_unpacked_bytes
     with _warnings_lock, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", RecordingWarning)
         if fmt == "nwb":
             rec = load_nwb(paths, area_order=area_order, sources=names)
         else:
             if fmt == "npz":
-                _npz_guard(paths[0], names[0])
+                _npz_guard(paths[0], names[0], max_unpacked)
                 rec = load_npz(paths[0], source=names[0])
             else:
                 rec = load_zarr_zip(paths[0], source=names[0])
@@ -173,7 +173,7 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
             f.path = p
             paths.append(p)
         try:
-            rec, notes = await run_in_threadpool(load_files, fmt, paths, names, area_order)
+            rec, notes = await run_in_threadpool(load_files, fmt, paths, names, area_order, settings.max_unpacked_bytes)
         except RecordingError as exc:
             status = 413 if "expected at most" in exc.reason and "unpacks" in exc.reason else 422
             raise ApiError(status, str(exc)) from None
