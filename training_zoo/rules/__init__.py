@@ -8,6 +8,7 @@ from training_zoo.rules import backprop  # noqa: E402,F401
 from training_zoo.rules import node_perturbation  # noqa: E402,F401
 from training_zoo.rules import brainprop  # noqa: E402,F401
 from training_zoo.rules import hebbian  # noqa: E402,F401
+from training_zoo.rules import krotov_hopfield  # noqa: E402,F401
 from training_zoo.rules import feedback_alignment  # noqa: E402,F401
 from training_zoo.rules import predictive_coding  # noqa: E402,F401
 from training_zoo.rules import equilibrium_propagation  # noqa: E402,F401
