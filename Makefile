@@ -25,7 +25,7 @@ else
 	$(PIP) install -c constraints-cpu.txt "torch==$(TORCH_CPU_VERSION)"
 	cp constraints-cpu.txt $(VENV)/constraints.txt
 endif
-	$(PIP) install -c $(VENV)/constraints.txt -e ".[test]"
+	$(PIP) install -c $(VENV)/constraints.txt -e ".[all,test]"
 	touch $@
 
 install: $(VENV)/.installed

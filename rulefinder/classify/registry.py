@@ -263,7 +263,8 @@ def write_model(directory: Path, estimator: Any, card: ModelCard) -> ModelCard:
     qualname = _qualname(estimator)
     cls = _estimator_class(qualname, directory / CARD_FILE)
     trusted = set(cls.trusted_types())
-    data = sio.dumps(estimator)
+    # Deflate: tree arrays and the skops schema compress several-fold.
+    data = sio.dumps(estimator, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
     untrusted = sorted(set(sio.get_untrusted_types(data=data)) - trusted)
     if untrusted:
         raise ModelIntegrityError(

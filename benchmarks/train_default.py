@@ -1,0 +1,278 @@
+"""Train the packaged ``default`` model from a zoo store, reproducibly, and write it with its card.
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_default.py \
+        --store /work/scratch/zoos/probe.zarr --spec ../shared/research/probe.yaml \
+        --out rulefinder/classify/models/default
+
+Steps (all seeded by --seed):
+
+1. The store's complete, non-diverged networks; per rule, ``--holdout`` of its shards are held
+   out (never one shard on both sides).
+2. Training recordings: each training network's full recording plus ``--draws`` virtual
+   experiments drawn from the evaluation grid's range (units per area, sessions, noise), so the
+   model sees what it will be shown.
+3. ``RuleIdentifier`` (its defaults, or ``--params`` JSON) fitted with the shard as group.
+4. The expected-accuracy table: every held-out network through every grid cell
+   (units per area x sessions x noise, one seeded draw each); rule accuracy, balanced accuracy
+   and the most confused rule pairs per cell. Metrics on the held-out networks' full recordings.
+5. With ``--refit-all`` the shipped estimator is refitted on every network (the table then
+   describes a model trained on fewer networks: a conservative estimate; the card says so).
+
+The card's catalogue is ``training_zoo.rules.catalogue()`` at training time (this script may
+import training_zoo; predicting never does). Prints one JSON summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np
+import yaml
+from tqdm.auto import tqdm
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rulefinder.classify.card import (  # noqa: E402
+    AccuracyCell,
+    ModelCard,
+    ZooInfo,
+    catalogue_entries,
+    git_commit,
+    spec_hash,
+)
+from rulefinder.classify.dataset import network_table  # noqa: E402
+from rulefinder.classify.estimator import RuleIdentifier  # noqa: E402
+from rulefinder.classify.registry import write_model  # noqa: E402
+from rulefinder.store import ZooStore  # noqa: E402
+from rulefinder.virtual import VirtualExperiment  # noqa: E402
+from rulefinder.vocabulary import NOISE_LEVELS  # noqa: E402
+
+log = logging.getLogger("train_default")
+TARGETS = ("rule", "family", "optimizer")
+
+
+def experiment(units: int | None, sessions: int | None, noise: str) -> list[dict]:
+    steps: list[dict] = []
+    if units is not None:
+        steps.append({"op": "keep_units", "n": int(units), "per_area": True})
+    if sessions is not None:
+        steps.append({"op": "keep_sessions", "n": int(sessions), "mode": "even"})
+    if noise != "none":
+        steps.append({"op": "gaussian_noise", "snr": noise})
+    return steps
+
+
+def split_shards(table, holdout: float, seed: int) -> np.ndarray:
+    """Boolean mask over networks: True = held out. Per rule, a fraction of its shards."""
+    rng = np.random.default_rng(seed)
+    shards = table["shard"].values.astype(str)
+    rules = table["rule"].values.astype(str)
+    held = np.zeros(shards.size, dtype=bool)
+    for rule in np.unique(rules):
+        own = np.unique(shards[rules == rule])
+        k = max(1, int(round(holdout * own.size))) if own.size > 1 else 0
+        pick = rng.choice(own, k, replace=False)
+        held |= np.isin(shards, pick)
+    return held
+
+
+def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, min_rate: float, top: int) -> list[list[str]]:
+    classes = np.unique(y_true)
+    n = {c: int(np.sum(y_true == c)) for c in classes}
+    pairs = []
+    for i, a in enumerate(classes):
+        for b in classes[i + 1 :]:
+            wrong = int(np.sum((y_true == a) & (y_pred == b)) + np.sum((y_true == b) & (y_pred == a)))
+            rate = wrong / max(n[a] + n[b], 1)
+            if rate >= min_rate:
+                pairs.append((rate, [str(a), str(b)]))
+    return [p for _, p in sorted(pairs, key=lambda x: -x[0])[:top]]
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    return float(np.mean([np.mean(y_pred[y_true == c] == c) for c in np.unique(y_true)]))
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", required=True)
+    ap.add_argument("--spec", help="The zoo spec YAML the store was trained from (its hash goes on the card).")
+    ap.add_argument("--out", default=str(REPO / "rulefinder/classify/models/default"))
+    ap.add_argument("--name", default="default")
+    ap.add_argument("--holdout", type=float, default=0.25)
+    ap.add_argument("--draws", type=int, default=2, help="Virtual experiments per training network.")
+    ap.add_argument("--grid-units", default="10,30,64")
+    ap.add_argument("--grid-sessions", default="3,5,10,21")
+    ap.add_argument("--grid-noise", default=",".join(NOISE_LEVELS))
+    ap.add_argument("--params", default="{}", help="RuleIdentifier parameters as JSON.")
+    ap.add_argument("--refit-all", action="store_true")
+    ap.add_argument("--max-networks", type=int, default=0, help="Use at most this many networks (quick runs).")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    t_start = time.perf_counter()
+
+    store = ZooStore.open(args.store)
+    table = network_table(store)
+    if args.max_networks and table.sizes["sample"] > args.max_networks:
+        keep = np.random.default_rng(args.seed).choice(table.sizes["sample"], args.max_networks, replace=False)
+        table = table.isel(sample=np.sort(keep))
+    ids = table["network"].values.astype(str)
+    shards = table["shard"].values.astype(str)
+    labels = {t: table[t].values.astype(str) for t in TARGETS}
+    held = split_shards(table, args.holdout, args.seed)
+    log.info("%d networks (%d shards); %d held out", ids.size, np.unique(shards).size, held.sum())
+
+    units = [int(u) for u in args.grid_units.split(",")]
+    sessions = [int(s) for s in args.grid_sessions.split(",")]
+    noises = args.grid_noise.split(",")
+    rng = np.random.default_rng(args.seed + 1)
+
+    def training_set(mask: np.ndarray):
+        recs, rows = [], []
+        for i in tqdm(np.flatnonzero(mask), desc="training recordings", unit="network"):
+            rec = store.recording(ids[i])
+            recs.append(rec)
+            rows.append(i)
+            for d in range(args.draws):
+                steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
+                recs.append(VirtualExperiment(steps, seed=int(args.seed * 1_000_003 + i * 101 + d)).apply(rec))
+                rows.append(i)
+        rows = np.asarray(rows)
+        return recs, {t: labels[t][rows] for t in TARGETS}, shards[rows]
+
+    params = json.loads(args.params)
+    t0 = time.perf_counter()
+    recs, y, groups = training_set(~held)
+    est = RuleIdentifier(**params).fit(recs, y, groups)
+    fit_s = time.perf_counter() - t0
+    log.info("fitted on %d recordings in %.0f s", len(recs), fit_s)
+
+    # Held-out evaluation: full recordings, then the grid.
+    t0 = time.perf_counter()
+    held_idx = np.flatnonzero(held)
+    full = [store.recording(ids[i]) for i in tqdm(held_idx, desc="held-out recordings", unit="network")]
+    details = est.predict_details(full)
+    truth = {t: labels[t][held_idx] for t in TARGETS}
+    pred = {
+        t: np.array([max(d[f"{t}_probabilities"], key=d[f"{t}_probabilities"].get) for d in details]) for t in TARGETS
+    }
+    verdicts = np.array([d["verdict"] for d in details])
+    identified = verdicts == "identified"
+    metrics = {
+        "split": f"held-out shards: {args.holdout:.0%} of each rule's shards (seed {args.seed}), full recordings",
+        "n_train_networks": int((~held).sum()),
+        "n_heldout_networks": int(held.sum()),
+        "rule_accuracy": float(np.mean(pred["rule"] == truth["rule"])),
+        "rule_balanced_accuracy": balanced_accuracy(truth["rule"], pred["rule"]),
+        "family_accuracy": float(np.mean(pred["family"] == truth["family"])),
+        "optimizer_accuracy": float(np.mean(pred["optimizer"] == truth["optimizer"])),
+        "chance_rule_accuracy": 1.0 / len(np.unique(labels["rule"])),
+        "identified_fraction": float(identified.mean()),
+        "identified_precision": float(np.mean(pred["rule"][identified] == truth["rule"][identified])) if identified.any() else None,
+        "unknown_fraction": float(np.mean(verdicts == "unknown")),
+        "per_rule_accuracy": {
+            str(c): float(np.mean(pred["rule"][truth["rule"] == c] == c)) for c in np.unique(truth["rule"])
+        },
+    }
+    cells = []
+    for noise in noises:
+        for u in units:
+            for s in sessions:
+                steps = experiment(None if u == units[-1] else u, None if s == sessions[-1] else s, noise)
+                seen = [
+                    VirtualExperiment(steps, seed=int(7919 * j + 31 * u + s)).apply(r) if steps else r
+                    for j, r in enumerate(full)
+                ]
+                p = est.predict_proba(seen)["rule"]
+                top = est.classes_["rule"][p.argmax(axis=1)]
+                cells.append(
+                    AccuracyCell(
+                        units=u,
+                        sessions=s,
+                        noise=noise,
+                        accuracy=round(float(np.mean(top == truth["rule"])), 4),
+                        n=len(seen),
+                        confusable=confused_pairs(truth["rule"], top, min_rate=0.15, top=5),
+                    )
+                )
+                log.info("cell %s units=%d sessions=%d: %.3f", noise, u, s, cells[-1].accuracy)
+    eval_s = time.perf_counter() - t0
+
+    if args.refit_all:
+        t0 = time.perf_counter()
+        recs, y, groups = training_set(np.ones(ids.size, dtype=bool))
+        est = RuleIdentifier(**params).fit(recs, y, groups)
+        log.info("refitted on all %d recordings in %.0f s", len(recs), time.perf_counter() - t0)
+
+    from training_zoo.rules import catalogue
+
+    known = set(est.classes_["rule"].tolist())
+    spec = yaml.safe_load(Path(args.spec).read_text()) if args.spec else None
+    rules, counts = np.unique(labels["rule"], return_counts=True)
+    card = ModelCard(
+        name=args.name,
+        commit=git_commit(REPO),
+        estimator="rulefinder.classify.estimator.RuleIdentifier",
+        description=f"RuleIdentifier({json.dumps(params)}) trained on the {spec.get('name') if spec else 'given'} zoo "
+        f"({ids.size} networks, full recordings plus {args.draws} virtual experiments each).",
+        catalogue=catalogue_entries([e for e in catalogue() if e["id"] in known]),
+        labels={t: [str(c) for c in est.classes_[t]] for t in TARGETS},
+        zoo=ZooInfo(
+            spec=spec,
+            spec_hash=spec_hash(spec) if spec is not None else None,
+            store=str(args.store),
+            n_networks=int(ids.size),
+            n_shards=int(np.unique(shards).size),
+            rules={str(r): int(c) for r, c in zip(rules, counts, strict=True)},
+        ),
+        n_networks=int(ids.size if args.refit_all else (~held).sum()),
+        n_samples=len(recs),
+        metrics=metrics,
+        expected_accuracy=cells,
+        thresholds={
+            "identified": float(est.identified_threshold_),
+            "unknown": float(est.unknown_threshold_),
+            "confusable_ratio": float(est.confusable_ratio),
+        },
+        notes=[
+            "expected_accuracy: rule accuracy on held-out shards, one virtual experiment per network and cell "
+            "(keep_units per area, keep_sessions even, gaussian_noise); units=%d means every recorded unit "
+            "(the zoo records %d per layer) and sessions=%d every checkpoint." % (units[-1], units[-1], sessions[-1]),
+        ]
+        + (["The shipped estimator is refitted on every network; metrics and the table come from the fit without the held-out shards (conservative)."] if args.refit_all else []),
+    )
+    out = Path(args.out)
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    card = write_model(tmp, est, card)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    size = sum(p.stat().st_size for p in out.iterdir())
+    summary = {
+        "out": str(out),
+        "networks": int(ids.size),
+        "fit_s": round(fit_s, 1),
+        "eval_s": round(eval_s, 1),
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "model_bytes": size,
+        "metrics": {k: v for k, v in metrics.items() if k != "per_rule_accuracy"},
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
