@@ -89,12 +89,14 @@ async def parse_multipart(
         state["value"] += data[start:end]
 
     def on_header_end() -> None:
-        state["headers"][state["field"].decode("latin-1").lower()] = state["value"].decode("utf-8", "replace")
+        # Raw bytes: parse_options_header round-trips them through latin-1, and names/filenames
+        # are then decoded as UTF-8 (what browsers send).
+        state["headers"][state["field"].decode("latin-1").lower()] = bytes(state["value"])
         state["field"] = b""
         state["value"] = b""
 
     def on_headers_finished() -> None:
-        disp, opts = parse_options_header(state["headers"].get("content-disposition", ""))
+        disp, opts = parse_options_header(state["headers"].get("content-disposition", b""))
         if disp != b"form-data" or b"name" not in opts:
             raise UploadError(400, "a form part has no Content-Disposition: form-data; name=...")
         name = opts[b"name"].decode("utf-8", "replace")
