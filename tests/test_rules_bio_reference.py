@@ -224,7 +224,8 @@ def ref_equilibrium_propagation(rule, net, m, x, y, steps):
 def test_equilibrium_propagation_matches_reference(residual):
     net, x, y, g = make_case(residual, init_scale=0.5)
     steps = 60
-    rule = get_rule("equilibrium_propagation")(beta=0.3, free_steps=steps, nudge_steps=steps, state_bound=None)
+    rule = get_rule("equilibrium_propagation")(beta=0.3, free_steps=steps, nudge_steps=steps, state_bound=None,
+                                               output="softmax_readout", init="feedforward")
     step = rule.step(net, rule.init_state(net, g), x, y)
     assert_step_matches(step, [ref_equilibrium_propagation(rule, net, m, x, y, steps) for m in range(M)])
 
