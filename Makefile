@@ -14,7 +14,7 @@ TORCH_CPU_VERSION ?= 2.13.0
 # installed afterwards can replace it.
 HAS_GPU := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo yes)
 
-.PHONY: run test test-fast test-slow install examples bench clean
+.PHONY: run test test-fast test-slow install browser examples bench clean
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,14 +36,22 @@ run: install
 	$(PY) -m training_zoo run tour --store runs/tour.zarr --resume
 	$(VENV)/bin/rulefinder store info runs/tour.zarr
 
-test: install
+# The page test drives Debian's chromium through Playwright (no browser downloads): installed
+# here where apt-get works as root; elsewhere that test is skipped, except under CI=true.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "note: no chromium and no apt-get as root: tests/test_web_page.py will be skipped"; fi; }
+
+test: install browser
 	$(PY) -m pytest -m "not slow" -q
 	$(PY) -m pytest -m slow -q || test $$? -eq 5
 
 test-fast: install
 	$(PY) -m pytest -m "not slow" -q
 
-test-slow: install
+test-slow: install browser
 	$(PY) -m pytest -m slow -q
 
 examples: install
