@@ -51,14 +51,8 @@ def run_zoo(
     if max_shards is not None:
         shards = shards[:max_shards]
     store = ZooStore.create(store_url, exist_ok=True)
-    done = set()
-    if resume:
-        listing = store.networks()
-        if listing.sizes.get("network", 0):
-            complete = listing["complete"].values
-            for shard_id in set(listing["shard"].values[complete].tolist()):
-                if all(complete[listing["shard"].values == shard_id]):
-                    done.add(shard_id)
+    # The one resume rule, shared with the Ray pipeline (pipelines/run.py).
+    done = store.complete_shards() if resume else set()
     counts = {"shards": len(shards), "run": 0, "skipped": 0, "networks": 0, "diverged": 0}
     bar = tqdm(shards, desc=f"zoo {spec_dict.get('name', '')}", unit="shard", disable=not progress)
     for shard in bar:

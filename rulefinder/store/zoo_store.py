@@ -427,6 +427,23 @@ class ZooStore:
         table = self.networks()
         return [str(i) for i in table["network"].values[~table["complete"].values]]
 
+    def complete_shards(self) -> set[str]:
+        """Shard ids whose every network is complete: the one resume rule.
+
+        A shard counts as done only when its writer set the ``complete`` flag of every network
+        it listed; a shard left half-written by a killed writer is not, and is trained again
+        (and overwritten) by ``python -m training_zoo run --resume`` and by the Ray pipeline
+        alike. Reads each shard's listing and flags afresh (never the cached table), so a scan
+        sees what other writers have finished since this store was opened.
+        """
+        done: set[str] = set()
+        fresh = self.refresh()
+        for shard_id in fresh.shard_ids():
+            flags = fresh._shard_table(shard_id)["complete"]
+            if flags.size and bool(flags.all()):
+                done.add(shard_id)
+        return done
+
     def _locate(self, network_id: str) -> tuple[str, int]:
         self.networks()
         assert self._index is not None
