@@ -55,7 +55,8 @@ from rulefinder.store.schema import (
 
 log = logging.getLogger(__name__)
 
-_SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+# "@" appears in task names with a parameter (synthetic@0.5), and so in shard ids.
+_SHARD_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]*$")
 # float16 activations compress best with byte shuffling ahead of zstd (sign/exponent bytes
 # are far more regular than mantissa bytes).
 _ACTIVATION_CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle", typesize=2)
@@ -271,7 +272,7 @@ class ZooStore:
         if self._root.read_only:
             raise StoreError(f"{self.url}: opened read-only; open with mode='r+' to write")
         if not _SHARD_ID.match(shard_id):
-            raise ValueError(f"shard id {shard_id!r}: expected letters, digits, '_', '.', '-'")
+            raise ValueError(f"shard id {shard_id!r}: expected letters, digits, '_', '.', '@', '-'")
         records = list(records)
         if not records:
             raise ValueError(f"shard {shard_id}: no records to write")
