@@ -42,7 +42,7 @@ def data(tiny_zoo):
 @pytest.fixture(scope="module")
 def fitted(data):
     recs, labels = data
-    return RuleIdentifier(max_iter=8, calibration_folds=3).fit(recs, label_dict(labels), groups=labels["shard"].values)
+    return RuleIdentifier(max_iter=8, calibration_folds=3, feature_set="stats+change+structure").fit(recs, label_dict(labels), groups=labels["shard"].values)
 
 
 def test_dataset_labels_table(tiny_zoo):
@@ -136,3 +136,64 @@ def test_bad_labels_are_named(data):
         RuleIdentifier().fit(recs, {t: labels[t].values[:3] for t in TARGETS})
     with pytest.raises(RuntimeError, match="not fitted"):
         RuleIdentifier().predict_proba(recs[:1])
+
+
+# --- evaluation -----------------------------------------------------------------------------
+
+FAST = {"max_iter": 5, "calibration_folds": 2, "feature_set": "stats+change+structure"}
+
+
+def test_evaluate_writes_metrics_report_and_figures(tiny_zoo, tmp_path):
+    import json
+
+    from rulefinder.classify.evaluate import evaluate
+
+    metrics = evaluate(
+        tiny_zoo,
+        tmp_path,
+        splits=("lofo_arch", "performance_matched", "controls", "grid"),
+        params=FAST,
+        grid_networks=4,
+        augment=0,
+        control_networks=2,
+        grid=((4, "all"), (3,), ("none", "high")),
+        progress=False,
+    )
+    saved = json.loads((tmp_path / "metrics.json").read_text())
+    assert saved == metrics
+    for key in ("n_rules", "n_networks", "rule_bacc_lofo_arch", "family_bacc_lofo_arch", "optimizer_bacc_lofo_arch",
+                "rule_top3_lofo_arch", "ece", "rule_bacc_performance_matched", "controls_unknown_rate"):
+        assert key in metrics
+    assert metrics["n_rules"] == 2 and metrics["n_networks"] == tiny_zoo.networks().sizes["network"]
+    assert 0 <= metrics["rule_bacc_lofo_arch"] <= 1 and 0 <= metrics["ece"] <= 1
+    assert metrics["rule_top3_lofo_arch"] == 1.0  # two rules: the truth is always in the top 3
+    assert metrics["controls_n"] > 0
+    assert len(metrics["grid"]) == 4 and {c["units"] for c in metrics["grid"]} == {4, "all"}
+    assert metrics["rule_bacc_lovo_variant"] is None if "rule_bacc_lovo_variant" in metrics else True
+    for png in ("confusion_rule_lofo_arch.png", "reliability.png", "accuracy_grid.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    html = (tmp_path / "report.html").read_text()
+    assert "rule_bacc_lofo_arch" in html and "accuracy_grid.png" in html
+
+
+def test_evaluate_cli(tiny_zoo, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from rulefinder.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "eval"
+    res = runner.invoke(
+        app,
+        ["evaluate", "--store", tiny_zoo.url, "--out", str(out), "--splits", "lofo_arch,lofo_task",
+         "--max-iter", "5", "--feature-set", "stats", "--json"],
+    )
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(res.stdout)
+    assert metrics["n_rules"] == 2 and (out / "report.html").exists()
+    bad = runner.invoke(app, ["evaluate", "--store", tiny_zoo.url, "--out", str(out), "--splits", "nope"])
+    assert bad.exit_code != 0 and "nope" in bad.output
+    missing = runner.invoke(app, ["evaluate", "--store", str(tmp_path / "none.zarr"), "--out", str(out)])
+    assert missing.exit_code != 0 and "none.zarr" in missing.output

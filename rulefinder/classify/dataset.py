@@ -90,17 +90,20 @@ def network_table(store, networks: Sequence[str] | None = None, include_diverged
         keep &= ~table["diverged"].values.astype(bool)
     if networks is not None:
         keep &= np.isin(table["network"].values, np.asarray(list(networks), dtype=str))
-    learned = np.asarray(table["learned"].values, bool) if "learned" in table else learned_fallback(table)
+    # A store without the field reads as all False (or lacks it): compute the fallback.
+    has_learned = "learned" in table and bool(np.asarray(table["learned"].values, bool).any())
+    learned = np.asarray(table["learned"].values, bool) if has_learned else learned_fallback(table)
     variant = (
-        np.asarray(table["variant"].values).astype(str)
+        np.asarray(table["variant"].values).astype(object)
         if "variant" in table
-        else np.full(table.sizes["network"], "default")
+        else np.full(table.sizes["network"], "default", dtype=object)
     )
-    variant = np.where(variant == "", "default", variant)
+    # Missing or truncated defaults ("", "d") of stores written before variants existed.
+    variant = np.array(["default" if "default".startswith(str(v)) else str(v) for v in variant], dtype=object)
     cols: dict[str, np.ndarray] = {"network": table["network"].values.astype(str)}
     for name in LABEL_COLUMNS[1:]:
         if name == "variant":
-            cols[name] = variant
+            cols[name] = variant.astype(str)
         else:
             cols[name] = np.asarray(table[name].values).astype(str)
     cols["learned"] = learned

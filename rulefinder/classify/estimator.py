@@ -71,8 +71,15 @@ def _make_classifier(kind: str, random_state: int, max_iter: int):
     raise ValueError(f"classifier is {kind!r}: expected 'hgb' or 'logreg'")
 
 
-def _clean(x: np.ndarray) -> np.ndarray:
-    return np.clip(np.nan_to_num(np.asarray(x, dtype=np.float64), nan=0.0, posinf=_CLIP, neginf=-_CLIP), -_CLIP, _CLIP)
+def _clean(x: np.ndarray, keep_nan: bool = False) -> np.ndarray:
+    """Finite features; NaN (undefined, e.g. no next area) kept for the trees, which route it
+    on its own, and 0 for the linear model and the distances."""
+    x = np.asarray(x, dtype=np.float64)
+    nan = np.isnan(x)
+    out = np.clip(np.nan_to_num(x, nan=0.0, posinf=_CLIP, neginf=-_CLIP), -_CLIP, _CLIP)
+    if keep_nan and nan.any():
+        out[nan] = np.nan
+    return out
 
 
 def _mean_logp(proba: np.ndarray, rec: np.ndarray, n_rec: int) -> np.ndarray:
@@ -187,7 +194,7 @@ class RuleIdentifier(BaseEstimator):
         self._check_labels(labels, n_rec, groups)
         y = {t: np.asarray(labels[t]).astype(str) for t in TARGETS}
         groups = np.arange(n_rec) if groups is None else np.asarray(groups)
-        X = _clean(rows.values)
+        X = _clean(rows.values, keep_nan=self.classifier == "hgb")
         self.feature_names_ = [str(f) for f in rows.coords["feature"].values]
         self.n_features_in_ = X.shape[1]
         self.classes_ = {t: np.unique(y[t]) for t in TARGETS}
@@ -244,27 +251,42 @@ class RuleIdentifier(BaseEstimator):
         return float(top_p[order][ok.max()])
 
     def _fit_models(self, X: np.ndarray, y: dict[str, np.ndarray]) -> dict:
+        dead = np.isnan(X).all(axis=0)
+        if dead.any():  # a feature never defined in this training set (trees cannot bin it)
+            X = X.copy()
+            X[:, dead] = 0.0
         models = {}
         for t in TARGETS:
+            seen = np.unique(y[t])
+            if seen.size < 2:  # one class in this training set: a constant answer
+                models[t] = {"constant": str(seen[0])}
+                continue
             model = _make_classifier(self.classifier, self.random_state, self.max_iter)
             models[t] = clone(model).fit(X, y[t])
         return models
 
-    def _logits(self, model, X: np.ndarray, rec: np.ndarray, n_rec: int, target: str) -> np.ndarray:
-        """Mean area log-probabilities in ``classes_[target]`` order (a class missing from a
-        fold's training set gets the floor)."""
-        proba = model.predict_proba(X)
+    def _full_proba(self, model, X: np.ndarray, target: str) -> np.ndarray:
+        """Area probabilities in ``classes_[target]`` order (a class missing from the model's
+        training set gets the floor)."""
         full = np.full((X.shape[0], len(self.classes_[target])), _P_FLOOR)
-        full[:, np.searchsorted(self.classes_[target], model.classes_)] = proba
-        return _mean_logp(full, rec, n_rec)
+        if isinstance(model, dict):
+            full[:, np.searchsorted(self.classes_[target], model["constant"])] = 1.0
+            return full
+        full[:, np.searchsorted(self.classes_[target], model.classes_)] = model.predict_proba(X)
+        return full
+
+    def _logits(self, model, X: np.ndarray, rec: np.ndarray, n_rec: int, target: str) -> np.ndarray:
+        """Mean area log-probabilities in ``classes_[target]`` order."""
+        return _mean_logp(self._full_proba(model, X, target), rec, n_rec)
 
     def _fit_neighbors(self, X: np.ndarray):
+        X = _clean(X)
         scaler = StandardScaler().fit(X)
         nn = NearestNeighbors(n_neighbors=min(self.n_neighbors + 1, X.shape[0])).fit(scaler.transform(X))
         return scaler, nn
 
     def _distance(self, scaler, nn, X, rec, n_rec, skip_self: bool = False) -> np.ndarray:
-        z = np.clip(scaler.transform(X), -50, 50)
+        z = np.clip(scaler.transform(_clean(X)), -50, 50)
         dist, _ = nn.kneighbors(z)
         dist = dist[:, 1:] if skip_self else dist[:, :-1] if dist.shape[1] > 1 else dist
         per_row = np.log1p(dist.mean(axis=1))
@@ -289,7 +311,7 @@ class RuleIdentifier(BaseEstimator):
         self._check_fitted()
         rec = np.asarray(rows.coords["recording"].values, dtype=int)
         n_rec = int(rec.max()) + 1 if rec.size else 0
-        X = _clean(rows.values)
+        X = _clean(rows.values, keep_nan=self.classifier == "hgb")
         if X.shape[1] != self.n_features_in_:
             raise ValueError(f"features have {X.shape[1]} columns: expected {self.n_features_in_}")
         out = {}
@@ -351,10 +373,7 @@ class RuleIdentifier(BaseEstimator):
         return [self._details(logp, i, float(unknown[i]), per_area[i], []) for i in range(n_rec)]
 
     def _area_rule_proba(self, X: np.ndarray) -> np.ndarray:
-        model = self.estimators_["rule"]
-        proba = model.predict_proba(X)
-        full = np.full((X.shape[0], len(self.classes_["rule"])), _P_FLOOR)
-        full[:, np.searchsorted(self.classes_["rule"], model.classes_)] = proba
+        full = self._full_proba(self.estimators_["rule"], X, "rule")
         return full / full.sum(axis=1, keepdims=True)
 
     def _as_dict(self, target: str, p: np.ndarray) -> dict[str, float]:
