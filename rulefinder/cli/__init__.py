@@ -56,3 +56,4 @@ def main() -> None:  # pragma: no cover - console entry point
 from rulefinder.cli import recordings, catalogue, store  # noqa: E402,F401
 from rulefinder.cli import models  # noqa: E402,F401
 from rulefinder.cli import pipeline  # noqa: E402,F401
+from rulefinder.cli import evaluate  # noqa: E402,F401
