@@ -101,6 +101,8 @@ class Pipeline:
         self.address = address
         self.out = Path(out) if out is not None else Path("runs") / self.config.name
         self.store_url = str(store) if store else str(self.out / "store.zarr")
+        if "://" not in self.store_url:  # every worker, whatever its working directory, finds it
+            self.store_url = str(Path(self.store_url).resolve())
         self.resume = resume
         self.name = name or self.config.model_name()
         self.replace = replace

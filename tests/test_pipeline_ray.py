@@ -197,12 +197,13 @@ def test_a_killed_worker_is_retried_and_a_shard_that_always_fails_is_reported(cl
     while killed is None and time.time() < deadline and driver.poll() is None:
         pid = _worker_running("_train_task")
         if pid is not None:
-            time.sleep(1.0)  # mid-task: training has started
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed = pid
-            except ProcessLookupError:
-                pass
+            time.sleep(1.0)  # mid-task: training has started ...
+            if _worker_running("_train_task") == pid:  # ... and is still running
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed = pid
+                except ProcessLookupError:
+                    pass
         time.sleep(0.2)
     stdout, stderr = driver.communicate(timeout=600)
     assert killed is not None, "no training worker was seen to kill"
