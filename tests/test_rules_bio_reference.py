@@ -330,57 +330,6 @@ def test_burstprop_matches_reference(residual, feedback):
     assert_step_matches(step, [ref_burstprop(rule, net, state, m, x, y) for m in range(M)])
 
 
-# ----------------------------------------------------------------------------- forward-forward
-def ref_forward_forward(rule, net, m, x, y, noise):
-    ws, bs = params_of(net, m)
-    f, skip = net.activation.f, skips(net)
-    n, c = len(ws), SIZES[-1]
-
-    def embed(labels):
-        out = x.clone()
-        out[:, :c] = rule.label_scale / c if labels is None else rule.label_scale * F.one_hot(labels, c).double()
-        return out
-
-    def norm(h):
-        return h / torch.sqrt((h**2).mean(1, keepdim=True) + rule.eps)
-
-    def run(inp, wl=None, bl=None, upto=None):
-        """Activities with every layer's input detached; returns the list of (branch) and top."""
-        h, branches = inp, []
-        for layer in range(n - 1):
-            layer_in = (h if layer == 0 else norm(h)).detach()
-            w = ws[layer] if wl is None else wl[layer]
-            b = bs[layer] if bl is None else bl[layer]
-            r = f(layer_in @ w.T + b)
-            branches.append(r)
-            h = layer_in + r if skip[layer] else r
-        return branches, norm(h).detach()
-
-    wl = [w.clone().requires_grad_(True) for w in ws]
-    bl = [b.clone().requires_grad_(True) for b in bs]
-    pos, _ = run(embed(y), wl, bl)
-    neg, _ = run(embed((y + noise[m]) % c), wl, bl)
-    total = 0.0
-    for layer in range(n - 1):
-        g_pos = (pos[layer] ** 2).mean(1)
-        g_neg = (neg[layer] ** 2).mean(1)
-        total = total + F.softplus(rule.threshold - g_pos).mean() + F.softplus(g_neg - rule.threshold).mean()
-    grads = torch.autograd.grad(total, [*wl[:-1], *bl[:-1]])
-    _, top = run(embed(None))
-    gw, gb = ref_readout(ws, bs, top, y)
-    return list(grads[: n - 1]) + [gw], list(grads[n - 1 :]) + [gb]
-
-
-@pytest.mark.parametrize("residual", RESIDUAL)
-def test_forward_forward_matches_reference(residual):
-    net, x, y, g = make_case(residual, activation="relu")
-    rule = get_rule("forward_forward")(threshold=0.5)
-    state = rule.init_state(net, g)
-    noise = rule.sample_noise(net, state, B)
-    step = rule.step_with_noise(net, state, x, y, noise)
-    assert_step_matches(step, [ref_forward_forward(rule, net, m, x, y, noise) for m in range(M)])
-
-
 # ----------------------------------------------------------------------------- own forward / predict
 @pytest.mark.parametrize("rule_id", ["equilibrium_propagation", "forward_forward"])
 @pytest.mark.parametrize("residual", RESIDUAL)

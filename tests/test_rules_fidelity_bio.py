@@ -336,3 +336,79 @@ def test_equilibrium_propagation_mlp_keeps_output_neurons_in_the_energy(family):
     torch.testing.assert_close(post[-1], torch.tanh(pre[-1]).clamp(-1, 1))
     torch.testing.assert_close(rule.predict(net, {}, x), post[-1])
     assert rule.output_units == "energy_output"
+
+
+# ----------------------------------------------------------------------------- forward-forward
+def ref_forward_forward(rule, net, m, x, y, noise):
+    one = OneNet(net, m)
+    n, c = one.n, N_CLASSES
+    theta = rule.theta(net)
+
+    def embed(xb, label):
+        out = xb.clone()
+        out[:c] = rule.label_scale / c if label is None else rule.label_scale * F.one_hot(label, c).double()
+        return out.reshape(CNN_SHAPE) if one.cnn else out
+
+    def unit(h):
+        return h / (h.reshape(-1).norm() + rule.eps)
+
+    def run(inp, ws, bs):
+        h, branches = inp, []
+        for layer in range(n - 1):
+            layer_in = unit(h).detach()
+            r = one.f(one.pre(layer, layer_in, ws[layer], bs[layer]))
+            branches.append(r)
+            h = layer_in + r if one.skip(layer) else r
+        return branches, unit(h).reshape(-1).detach()
+
+    wl = [w.clone().requires_grad_(True) for w in one.ws]
+    bl = [b.clone().requires_grad_(True) for b in one.bs]
+    total = 0.0
+    for b in range(B):
+        for label, sign in ((y[b], 1.0), ((y[b] + noise[m, b]) % c, -1.0)):
+            branches, _ = run(embed(x[b], label), wl, bl)
+            for r in branches:
+                g = (r**2).sum() if rule.goodness == "sum" else (r**2).mean()
+                th = theta * r.numel() if rule.goodness == "sum" else theta
+                total = total + F.softplus(sign * (th - g)) / B
+    grads = torch.autograd.grad(total, [*wl[:-1], *bl[:-1]])
+    tops = torch.stack([run(embed(x[b], None), one.ws, one.bs)[1] for b in range(B)])
+    w, bb = one.ws[-1].clone().requires_grad_(True), one.bs[-1].clone().requires_grad_(True)
+    gw, gb = torch.autograd.grad(F.cross_entropy(tops @ w.T + bb, y), [w, bb])
+    return list(grads[: n - 1]) + [gw], list(grads[n - 1 :]) + [gb]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", ["default", "sum_goodness"])
+def test_forward_forward_matches_reference(family, variant):
+    net, x, y, g = make_case(family)
+    rule = get_rule("forward_forward").from_variant(variant, threshold=0.05)
+    state = rule.init_state(net, g)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    assert_directions(step, [ref_forward_forward(rule, net, m, x, y, noise) for m in range(M)], variant)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_forward_forward_normalises_the_first_layers_input_too(family):
+    """Hinton 2022: every layer's input is normalised to unit length, the first included, so
+    scaling the (label-embedded) input changes nothing in the network (with eps = 0)."""
+    net, x, y, g = make_case(family)
+    _, post = get_rule("forward_forward")(eps=0.0).forward(net, {}, x)
+    _, post_scaled = get_rule("forward_forward")(eps=0.0, label_scale=21.0).forward(net, {}, 7.0 * x)
+    for a, b in zip(post[1:], post_scaled[1:]):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_forward_forward_predicts_from_the_second_hidden_layer_on():
+    """Hinton 2022: the accumulated goodness of all but the first hidden layer."""
+    net, x, y, g = make_case("mlp")
+    rule = get_rule("forward_forward")()
+    scores = rule.predict(net, {}, x)
+    for label in range(N_CLASSES):
+        labels = torch.full((M, B), label)
+        _, branch, _ = rule.layers(net, rule.embedded_input(net, x, labels, N_CLASSES))
+        want = sum((r**2).mean(-1) for r in branch[1:])
+        torch.testing.assert_close(scores[..., label], want)
+    every = get_rule("forward_forward").from_variant("all_layers").predict(net, {}, x)
+    assert not torch.allclose(every, scores)
