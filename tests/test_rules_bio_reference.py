@@ -240,6 +240,8 @@ def ref_target_propagation(rule, net, state0, m, x, y, noise):
 
     def layer_fwd(layer, h, w=None, b=None):
         a = h @ (ws[layer] if w is None else w).T + (bs[layer] if b is None else b)
+        if layer == n - 1:  # the readout is linear
+            return a
         return h + f(a) if skip[layer] else f(a)
 
     def inverse(k, h, v, c):
@@ -247,7 +249,8 @@ def ref_target_propagation(rule, net, state0, m, x, y, noise):
         return h + a if skip[k] else f(a)
 
     _, post = forward_one(ws, bs, x, f, skip)
-    for k in range(1, n - 1):  # one normalised-LMS step per inverse, by autograd
+    top = n if rule.target_layer == "output" else n - 1  # Meulemans et al. 2020 / Lee et al. 2015
+    for k in range(1, top):  # one normalised-LMS step per inverse, by autograd
         h_noisy = post[k] + noise[k - 1][m]
         fwd = layer_fwd(k, h_noisy)
         v, c = vs[k - 1].clone().requires_grad_(True), cs[k - 1].clone().requires_grad_(True)
@@ -255,10 +258,11 @@ def ref_target_propagation(rule, net, state0, m, x, y, noise):
         gv, gc = torch.autograd.grad(loss, [v, c])
         lr = rule.feedback_lr / (1.0 + (fwd**2).sum(1).mean())
         vs[k - 1], cs[k - 1] = vs[k - 1] - lr * gv, cs[k - 1] - lr * gc
-    top = post[n - 1].clone().requires_grad_(True)
-    (g_top,) = torch.autograd.grad(F.cross_entropy(top @ ws[-1].T + bs[-1], y, reduction="sum"), top)
-    targets = {n - 1: post[n - 1] - rule.target_step * g_top}
-    for k in range(n - 2, 0, -1):
+    h_top = post[top].clone().requires_grad_(True)
+    z = h_top if top == n else h_top @ ws[-1].T + bs[-1]
+    (g_top,) = torch.autograd.grad(F.cross_entropy(z, y, reduction="sum"), h_top)
+    targets = {top: post[top] - rule.target_step * g_top}
+    for k in range(top - 1, 0, -1):
         targets[k] = post[k] + inverse(k, targets[k + 1], vs[k - 1], cs[k - 1]) - inverse(k, post[k + 1], vs[k - 1], cs[k - 1])
     dw, db = [], []
     for layer in range(n - 1):
@@ -271,10 +275,12 @@ def ref_target_propagation(rule, net, state0, m, x, y, noise):
     return (dw + [gw], db + [gb]), vs
 
 
+@pytest.mark.parametrize("target_layer", ["output", "top_hidden"])
 @pytest.mark.parametrize("residual", RESIDUAL)
-def test_difference_target_propagation_matches_reference(residual):
+def test_difference_target_propagation_matches_reference(residual, target_layer):
     net, x, y, g = make_case(residual)
-    rule = get_rule("difference_target_propagation")(target_step=0.3, noise=0.2, feedback_lr=0.7)
+    rule = get_rule("difference_target_propagation")(target_step=0.3, noise=0.2, feedback_lr=0.7,
+                                                     target_layer=target_layer)
     state = rule.init_state(net, g)
     state0 = copy.deepcopy(state)
     noise = rule.sample_noise(net, state, B)
@@ -287,47 +293,73 @@ def test_difference_target_propagation_matches_reference(residual):
 
 # ----------------------------------------------------------------------------- burstprop
 def ref_burstprop(rule, net, state, m, x, y):
+    """Returns ((dw, db), Z after its update) for network m: teacher-off and teacher-on passes."""
     ws, bs = params_of(net, m)
     f, df, skip = net.activation.f, net.activation.df, skips(net)
     n = len(ws)
-    ys = [Y[m] for Y in state["feedback"]] if "feedback" in state else ws
-    pre, post = forward_one(ws, bs, x, f, skip)
+    ys = [Y[m] if Y is not None else None for Y in state["feedback"]] if "feedback" in state else ws
     p_bar = rule.baseline_burst_probability
+    if rule.cancellation == "learned":
+        zs = [Z[m].clone() if Z is not None else None for Z in state["recurrent"]]
+    else:
+        zs = [None] + [p_bar * Y for Y in ys[1:]]
+    pre, post = forward_one(ws, bs, x, f, skip)
     alpha = torch.log(torch.tensor(p_bar / (1 - p_bar), dtype=x.dtype))
     gain = p_bar * (1 - p_bar) * rule.beta
-    teacher = F.one_hot(y, SIZES[-1]).double() - torch.softmax(post[-1], 1)
+    out_events = torch.softmax(post[-1], 1)
+    teacher = F.one_hot(y, SIZES[-1]).double() - out_events
+    events = {n - 1: out_events}
+    for layer in range(n - 1):
+        events[layer] = f(pre[layer]).abs()
+
+    def top_down(out_bursts):
+        bursts, probs = {n - 1: out_bursts}, {}
+        for layer in range(n - 2, -1, -1):
+            apical = torch.zeros_like(pre[layer])
+            above = layer + 1
+            while True:  # feedback from the layer above and, along skips, from layers further up
+                apical = apical + bursts[above] @ ys[above] - events[above] @ zs[above]
+                if above < n - 1 and skip[above]:
+                    above += 1
+                else:
+                    break
+            e = events[layer]
+            u = df(pre[layer]) * apical / e.clamp_min(rule.min_event_rate)
+            probs[layer] = torch.sigmoid(rule.beta * u + alpha)
+            bursts[layer] = probs[layer] * e
+        return probs, bursts
+
+    p_off, b_off = top_down(p_bar * out_events)
+    p_on, _ = top_down(p_bar * out_events + teacher)
     dw, db = [None] * n, [None] * n
     dw[n - 1], db[n - 1] = -teacher.T @ post[n - 1] / B, -teacher.mean(0)
-    # burst rates b = p e and events e of every layer above; Z = p_bar Y cancels the baseline
-    bursts = {n - 1: teacher + p_bar * pre[-1]}
-    events = {n - 1: pre[-1]}
-    for layer in range(n - 2, -1, -1):
-        apical = torch.zeros_like(pre[layer])
-        above = layer + 1
-        while True:  # feedback from the layer above and, along skips, from layers further up
-            apical = apical + bursts[above] @ ys[above] - p_bar * events[above] @ ys[above]
-            if above < n - 1 and skip[above]:
-                above += 1
-            else:
-                break
-        e = f(pre[layer]).abs()
-        u = df(pre[layer]) * apical / e.clamp_min(rule.min_event_rate)
-        p = torch.sigmoid(rule.beta * u + alpha)
-        bursts[layer], events[layer] = p * e, e
-        dev = (p - p_bar) * e
+    for layer in range(n - 1):
+        dev = (p_on[layer] - p_off[layer]) * events[layer]
         dw[layer] = -dev.T @ post[layer] / (gain * B)
         db[layer] = -dev.sum(0) / (gain * B)
-    return dw, db
+    new_z = list(zs)
+    if rule.cancellation == "learned":  # LMS on 1/2 ||Y^T b_off - Z^T e||^2, batch mean
+        for above in range(1, n):
+            z = zs[above].clone().requires_grad_(True)
+            r = b_off[above] @ ys[above] - events[above] @ z
+            (g,) = torch.autograd.grad(0.5 * (r**2).sum() / B, z)
+            lr = rule.recurrent_lr / (1 + (events[above] ** 2).sum(1).mean())
+            new_z[above] = zs[above] - lr * g
+    return (dw, db), new_z
 
 
-@pytest.mark.parametrize("feedback", ["random", "symmetric"])
+@pytest.mark.parametrize("variant", ["default", "symmetric", "exact_cancellation"])
 @pytest.mark.parametrize("residual", RESIDUAL)
-def test_burstprop_matches_reference(residual, feedback):
+def test_burstprop_matches_reference(residual, variant):
     net, x, y, g = make_case(residual, activation="relu")
-    rule = get_rule("burstprop")(feedback=feedback, beta=2.0)
+    rule = get_rule("burstprop").from_variant(variant, beta=2.0)
     state = rule.init_state(net, g)
+    refs = [ref_burstprop(rule, net, state, m, x, y) for m in range(M)]
     step = rule.step(net, state, x, y)
-    assert_step_matches(step, [ref_burstprop(rule, net, state, m, x, y) for m in range(M)])
+    assert_step_matches(step, [r[0] for r in refs])
+    if rule.cancellation == "learned":  # the recurrent weights learned the same way
+        for above in range(1, net.n_layers):
+            torch.testing.assert_close(state["recurrent"][above], torch.stack([r[1][above] for r in refs]), **TOL)
 
 
 # ----------------------------------------------------------------------------- own forward / predict

@@ -174,3 +174,219 @@ def test_node_perturbation_estimates_the_gradient_in_expectation():
     for a, b in zip(est.weights, bp.weights):
         cos = F.cosine_similarity(a.flatten(), b.flatten(), dim=0)
         assert cos > 0.9, cos
+
+
+# ----------------------------------------------------------------------------- target propagation
+def test_dtp_default_with_one_hidden_layer_is_not_the_gradient():
+    """Meulemans et al. 2020: the target is set on the output and reaches the single hidden
+    layer through the learned inverse of the readout, so the update is not backprop's.
+    Lee et al. 2015's form (gradient target on the top hidden layer) is backprop exactly."""
+    net = dense(sizes=(20, 16, 10), m=3)
+    x, y = batch(20, b=8, c=10)
+    bp = get_rule("backprop")().step(net, {}, x, y)
+    cls = get_rule("difference_target_propagation")
+    steps = {}
+    for variant in ("default", "lee2015"):
+        rule = cls.from_variant(variant)
+        state = rule.init_state(net, torch.Generator().manual_seed(0))
+        steps[variant] = rule.step(net, state, x, y)
+    torch.testing.assert_close(steps["lee2015"].weights[0], bp.weights[0])
+    for i in range(net.m):
+        cos = F.cosine_similarity(steps["default"].weights[0][i].flatten(), bp.weights[0][i].flatten(), dim=0)
+        assert cos < 0.99, cos
+    torch.testing.assert_close(steps["default"].weights[-1], bp.weights[-1])  # readout: CE gradient
+
+
+def test_dtp_default_trains_the_readout_inverse_by_its_reconstruction_loss():
+    net = dense(sizes=(20, 16, 10), m=2)
+    rule = get_rule("difference_target_propagation")()
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    assert len(state["feedback_weights"]) == 1 and state["feedback_weights"][0].shape == (2, 16, 10)
+    g = torch.Generator().manual_seed(3)
+    losses = []
+    for _ in range(200):
+        x = torch.randn(16, 20, generator=g, dtype=F64)
+        losses.append(rule.step(net, state, x, torch.randint(0, 10, (16,), generator=g)).extras["reconstruction_loss"])
+    assert (torch.stack(losses[-20:]).mean(0) < 0.7 * torch.stack(losses[:20]).mean(0)).all()
+
+
+# ----------------------------------------------------------------------------- burstprop
+def test_burstprop_default_uses_fixed_random_feedback_and_learned_cancellation():
+    net = dense(activation="sigmoid")
+    x, y = batch(20, c=10)
+    rule = get_rule("burstprop")()
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    y_before = [None] + [t.clone() for t in state["feedback"][1:]]
+    z_before = [None] + [t.clone() for t in state["recurrent"][1:]]
+    for layer in range(1, net.n_layers):
+        assert state["feedback"][layer].shape == net.weights[layer].shape
+        assert not torch.allclose(state["feedback"][layer], net.weights[layer])
+    step = rule.step(net, state, x, y)
+    sym = get_rule("burstprop").from_variant("symmetric")
+    sym_step = sym.step(net, sym.init_state(net, torch.Generator().manual_seed(0)), x, y)
+    assert not torch.allclose(step.weights[0], sym_step.weights[0])
+    for layer in range(1, net.n_layers):
+        assert torch.equal(state["feedback"][layer], y_before[layer])  # Y fixed
+        assert not torch.equal(state["recurrent"][layer], z_before[layer])  # Z learns
+
+
+def test_burstprop_recurrent_weights_learn_to_cancel_the_feedback():
+    """Without a teacher the apical input shrinks as Z learns, so p_off -> p_bar."""
+    net = dense(activation="sigmoid", m=2)
+    rule = get_rule("burstprop")()
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(3)
+
+    def residual_apical():
+        x = torch.randn(64, 20, generator=torch.Generator().manual_seed(9), dtype=F64)
+        pre, post = net.forward(x)
+        events = [net.activation.f(a).abs() for a in pre[:-1]] + [torch.softmax(post[-1], -1)]
+        ys, zs = rule.feedbacks(net, state)
+        p_off, raw = rule.apical(net, ys, zs, rule.baseline_burst_probability * events[-1], events, pre)
+        return torch.stack([(p - rule.baseline_burst_probability).abs().mean() for p in p_off])
+
+    before = residual_apical()
+    for _ in range(300):
+        rule.step(net, state, torch.randn(32, 20, generator=g, dtype=F64), torch.randint(0, 10, (32,), generator=g))
+    assert (residual_apical() < 0.5 * before).all(), (before, residual_apical())
+
+
+@pytest.mark.parametrize("variant,feedback", [("symmetric", "W"), ("exact_cancellation", "Y")])
+def test_burstprop_cnn_linear_regime_is_backprop_through_its_feedback(variant, feedback):
+    """Small beta on a cnn: (p_on - p_off) e = sigma'(alpha) beta f'(a) A, so each layer's
+    update is backprop's with W replaced by the feedback Y in the backward pass, times
+    gain^(layers below the top hidden one)."""
+    net = cnn(activation="tanh")
+    x, y = batch(36, b=4, c=3)
+    rule = get_rule("burstprop").from_variant(variant, beta=1e-5, cancellation="exact")  # p_off = p_bar
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    fb = net.weights if feedback == "W" else state["feedback"]
+    step = rule.step(net, state, x, y)
+    from training_zoo.rules.backprop import feedback_gradients
+
+    _, gw, gb = feedback_gradients(net, x, y, [None] + list(fb[1:]))
+    gain = rule.baseline_burst_probability * (1 - rule.baseline_burst_probability) * rule.beta
+    for layer in range(net.n_layers):
+        scale = gain ** max(net.n_layers - 2 - layer, 0)
+        for got, want in ((step.weights[layer], gw[layer] * scale), (step.biases[layer], gb[layer] * scale)):
+            # first order in beta: the error shrinks with beta (1e-3 at beta = 1e-5)
+            assert float((got - want).norm() / want.norm()) < 5e-3, (layer, float((got - want).norm() / want.norm()))
+
+
+# ----------------------------------------------------------------------------- cnn: population = separate networks
+def one_network(net, m):
+    """Network ``m`` of a PopulationCNN as a population of one (copied parameters)."""
+    single = PopulationCNN(net.input_shape, net.channels, net.shapes[-1][0], 1, activation=net.activation.name,
+                           kernel=net.kernel, dtype=net.weights[0].dtype)
+    for w, w1, b, b1 in zip(net.weights, single.weights, net.biases, single.biases):
+        w1.copy_(w[m : m + 1])
+        b1.copy_(b[m : m + 1])
+    return single
+
+
+def slice_state(obj, net, m):
+    if isinstance(obj, torch.Tensor):
+        if obj.dim() == 4 and obj.shape[1] % net.m == 0 and obj.shape[0] != net.m:  # conv layout (N, M*C, H, W)
+            c = obj.shape[1] // net.m
+            return obj[:, m * c : (m + 1) * c].clone()
+        return obj[m : m + 1].clone() if obj.shape[0] == net.m else obj  # clones: rules update state in place
+    if isinstance(obj, list):
+        return [slice_state(o, net, m) for o in obj]
+    if isinstance(obj, dict):
+        return {k: slice_state(v, net, m) for k, v in obj.items()}
+    return obj
+
+
+@pytest.mark.parametrize("rule_id", MY_RULES)
+def test_cnn_population_update_equals_each_network_alone(rule_id):
+    """Every rule of these files on a cnn population of 3: each network's update is the one it
+    gets alone (the grouped convolutions never mix networks)."""
+    net = cnn(m=3, activation="tanh")
+    x, y = batch(36, b=4, c=3)
+    rule = get_rule(rule_id)()
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    noise = rule.sample_noise(net, state, 4) if hasattr(rule, "sample_noise") and rule_id != "sign_symmetry" else None
+    if rule_id in ("weight_mirror", "information_alignment"):  # the mirror phase draws noise per step
+        pytest.skip("noise drawn inside the step for all networks at once; covered by test_zoo_rules")
+    singles = []
+    for m in range(net.m):
+        one = one_network(net, m)
+        st = slice_state(state, net, m)
+        if "B_optimizer" in st:
+            from training_zoo.optimizers import make_optimizer
+            st["B_optimizer"] = make_optimizer("sgd", [b for b in st["B"] if b is not None], rule.feedback_lr)
+        singles.append(rule.step_with_noise(one, st, x, y, slice_state(noise, net, m)) if noise is not None
+                       else rule.step(one, st, x, y))
+    step = rule.step_with_noise(net, state, x, y, noise) if noise is not None else rule.step(net, state, x, y)
+    for layer in range(net.n_layers):
+        torch.testing.assert_close(step.weights[layer], torch.cat([s.weights[layer] for s in singles]), rtol=1e-6, atol=1e-10)
+        torch.testing.assert_close(step.biases[layer], torch.cat([s.biases[layer] for s in singles]), rtol=1e-6, atol=1e-10)
+
+
+def test_node_perturbation_cnn_matches_a_per_network_loop():
+    """Each conv node gets its own noise; the update is the loss change times noise (x) input."""
+    net = cnn(m=2, activation="tanh")
+    x, y = batch(36, b=3, c=3)
+    rule = get_rule("node_perturbation")(sigma=0.05, samples=2)
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    noise = rule.sample_noise(net, state, 3)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    k, b = 2, 3
+    for m in range(net.m):
+        ws = [w[m] for w in net.weights]
+        bs = [bb[m] for bb in net.biases]
+        c1, c2 = net.channels
+
+        def run(xi):
+            h0 = x.reshape(b, 1, 6, 6)
+            a1 = F.conv2d(h0, ws[0], bs[0], stride=2, padding=1) + xi[0]
+            h1 = torch.tanh(a1)
+            a2 = F.conv2d(h1, ws[1], bs[1], stride=2, padding=1) + xi[1]
+            h2 = torch.tanh(a2)
+            z = h2.reshape(b, -1) @ ws[2].T + bs[2] + xi[2]
+            return [h0, h1, h2.reshape(b, -1)], F.cross_entropy(z, y, reduction="none")
+
+        _, clean = run([0, 0, 0])
+        dw = [torch.zeros_like(w) for w in ws]
+        for d in range(k):
+            sl = slice(d * b, (d + 1) * b)
+            xi = [noise[0][sl, m * c1 : (m + 1) * c1], noise[1][sl, m * c2 : (m + 1) * c2], noise[2][m, sl]]
+            ins, loss = run(xi)
+            coef = (loss - clean) / (rule.sigma**2 * b * k)
+            e = [xi[0] * coef.view(-1, 1, 1, 1), xi[1] * coef.view(-1, 1, 1, 1), xi[2] * coef.view(-1, 1)]
+            dw[0] += torch.nn.grad.conv2d_weight(ins[0], ws[0].shape, e[0], stride=2, padding=1)
+            dw[1] += torch.nn.grad.conv2d_weight(ins[1], ws[1].shape, e[1], stride=2, padding=1)
+            dw[2] += e[2].T @ ins[2]
+        for layer in range(3):
+            torch.testing.assert_close(step.weights[layer][m], dw[layer], rtol=1e-6, atol=1e-10)
+
+
+# ----------------------------------------------------------------------------- variants
+@pytest.mark.parametrize("rule_id", MY_RULES)
+def test_every_variant_runs_on_every_architecture_family(rule_id):
+    cls = get_rule(rule_id)
+    assert len(cls.variants) >= 3 and set(cls.supports) == {"mlp", "resmlp", "cnn"}  # default + 2
+    for variant in cls.variants:
+        for family in ("mlp", "resmlp", "cnn"):
+            net = build_network({"family": family, "depth": 2, "width": 8, "channels": [2, 3]}, (1, 6, 6), 3, 2,
+                                generator=torch.Generator().manual_seed(0), dtype=F64)
+            rule = cls.from_variant(variant)
+            state = rule.init_state(net, torch.Generator().manual_seed(0))
+            x, y = batch(36, b=4, c=3)
+            for _ in range(2):
+                step = rule.step(net, state, x, y)
+            for d, p in zip([*step.weights, *step.biases], net.parameters()):
+                assert d.shape == p.shape and torch.isfinite(d).all(), (rule_id, variant, family)
+
+
+@pytest.mark.parametrize("rule_id", ["node_perturbation", "difference_target_propagation"])
+def test_stochastic_rules_draw_noise_for_every_example_of_a_cnn_batch(rule_id):
+    net = cnn(m=2)
+    x, y = batch(36, b=5, c=3)
+    rule = get_rule(rule_id)()
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    seen = []
+    original = rule.sample_noise
+    rule.sample_noise = lambda n, s, b: seen.append(b) or original(n, s, b)
+    rule.step(net, state, x, y)
+    assert seen == [5]

@@ -24,6 +24,17 @@ def child_generator(generator: torch.Generator, device) -> torch.Generator:
     return g
 
 
+def batch_size(x: torch.Tensor) -> int:
+    """Examples in a broadcast input: (M, B, n) dense or (B, C, H, W) conv."""
+    return x.shape[0] if x.dim() == 4 else x.shape[1]
+
+
+def sample_then_step(rule, net, state, x, y):
+    """StochasticRule.step for every layout (the batch is dim 0 of a conv input, 1 of a dense one)."""
+    x = net.broadcast_input(x)
+    return rule.step_with_noise(net, state, x, y, rule.sample_noise(net, state, batch_size(x)))
+
+
 def pre_shape(net, layer: int, n: int) -> tuple[int, ...]:
     """Shape of layer ``layer``'s pre-activation for ``n`` examples in the population layout:
     (M, n, units) for dense layers, (n, M * C, H, W) for conv layers."""
@@ -132,10 +143,13 @@ class NodePerturbation(StochasticRule):
             noise.append(xi * self.sigma)
         return noise
 
+    def step(self, net, state, x, y):
+        return sample_then_step(self, net, state, x, y)
+
     def step_with_noise(self, net, state, x, y, noise):
         x = net.broadcast_input(x)
         conv = x.dim() == 4
-        b = x.shape[0] if conv else x.shape[1]
+        b = batch_size(x)
         k = self.draws(net)
         _, post = net.forward(x)
         clean = per_example_ce(post[-1], y)  # (M, B)
