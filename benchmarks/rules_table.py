@@ -167,7 +167,14 @@ def main() -> None:
     else:
         results = run(args.quick, args.workers, args.threads)
         seconds = time.perf_counter() - t0
-    Path(args.out).write_text(render(results, args.quick, seconds))
+    out = Path(args.out)
+    text = render(results, args.quick, seconds)
+    # benchmarks/learned_fraction.py owns its section of the same page: keep it
+    old = out.read_text() if out.exists() else ""
+    start, end = "<!-- learned-fraction:start -->", "<!-- learned-fraction:end -->"
+    if start in old and end in old:
+        text = text.rstrip("\n") + "\n\n" + start + old.split(start, 1)[1].split(end, 1)[0] + end + "\n"
+    out.write_text(text)
     results["all_pass"] = all(r["mnist5k"]["passes"] for r in results["rules"].values())
     results["seconds"] = round(seconds, 1)
     print(json.dumps(results))

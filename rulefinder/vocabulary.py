@@ -41,8 +41,13 @@ VERDICTS: tuple[str, ...] = ("identified", "uncertain", "unknown")
 
 #: Metadata every zoo network carries (``NetworkRecord.metadata``).
 METADATA_KEYS: tuple[str, ...] = ("rule", "family", "optimizer", "architecture", "arch_family", "task", "seed")
+#: Metadata a zoo network may carry, with the value it reads as where absent (records written
+#: before the field existed): the rule's implementation variant (``LearningRule.variants``).
+METADATA_DEFAULTS: dict[str, str] = {"variant": "default"}
 #: The string-valued metadata the store keeps as arrays (one value per network).
-STRING_METADATA: tuple[str, ...] = ("rule", "family", "optimizer", "architecture", "arch_family", "task")
+STRING_METADATA: tuple[str, ...] = (
+    "rule", "family", "variant", "optimizer", "architecture", "arch_family", "task",
+)
 
 #: The recording dims (``rulefinder.recording``) and the zoo store's extra dims.
 RECORDING_DIMS: tuple[str, ...] = ("session", "stimulus", "unit")

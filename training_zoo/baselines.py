@@ -7,6 +7,10 @@ a rule *assigns credit* only if it beats it (see docs/rules.md for the bars).
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
+
 import torch
 
 from training_zoo.dense import cross_entropy_per_network, output_error
@@ -89,3 +93,45 @@ def best_accuracy(rule, arch: dict, task, *, m_lrs: dict, epochs: float, batch_s
             best = {"accuracy": float(acc[i]), "lr": float(lrs[i]), "optimizer": opt,
                     "seconds": res["seconds"]}
     return best
+
+
+# ------------------------------------------------------------------ the `learned` flag
+#: Where the learning bars live: one entry per task, architecture family and optimizer,
+#: written by ``python benchmarks/learning_reference.py`` (docs/zoo.md, "Which networks learned").
+REFERENCE_PATH = Path(__file__).resolve().parent / "learning_reference.json"
+
+
+@functools.lru_cache(maxsize=4)
+def load_reference(path: str | None = None) -> dict:
+    """The shipped reference table: ``{"cells": {"task|arch_family|optimizer": {...}}, ...}``."""
+    p = Path(path) if path else REFERENCE_PATH
+    if not p.exists():
+        return {"cells": {}}
+    data = json.loads(p.read_text())
+    if not isinstance(data, dict) or not isinstance(data.get("cells"), dict):
+        raise ValueError(f"{p}: expected a JSON object with a 'cells' mapping (see benchmarks/learning_reference.py)")
+    return data
+
+
+def reference_key(task: str, arch_family: str, optimizer: str) -> str:
+    return f"{task}|{arch_family}|{optimizer}"
+
+
+def bar_from(baseline: float, backprop_median: float) -> float:
+    """The learning bar: baseline + half of (backprop's median - baseline); the baseline
+    itself where backprop's median does not beat it."""
+    return float(baseline + HALF_GAIN * max(0.0, backprop_median - baseline))
+
+
+def learned_threshold(task: str, arch_family: str, optimizer: str, path: str | None = None) -> float | None:
+    """The final test accuracy a network of this task, architecture family and optimizer must
+    reach to count as ``learned``; ``None`` where the reference table has no entry."""
+    cell = load_reference(path)["cells"].get(reference_key(task, arch_family, optimizer))
+    return None if cell is None else bar_from(cell["baseline"], cell["backprop_median"])
+
+
+def learned(accuracy: float, diverged: bool, threshold: float | None) -> bool | None:
+    """One definition of a network that learned: not diverged and final test accuracy >= bar."""
+    if threshold is None:
+        return None
+    return bool(not diverged and accuracy >= threshold)

@@ -19,25 +19,51 @@ from training_zoo.trainer import checkpoint_steps, train_population
 log = logging.getLogger(__name__)
 
 
-def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) -> list:
-    """Train and record one shard; returns one NetworkRecord per network.
-
-    Diverged networks are returned with ``diverged=True`` (frozen at their last good
-    checkpoint, see :mod:`training_zoo.trainer`) and logged; the store keeps them out of
-    training sets.
-    """
-    import torch
-
-    if isinstance(shard, dict):
-        shard = Shard(**shard)
+def _setup(shard: Shard, device: str, rule=None):
+    """The shard's rule, task, population and step plan (shared by run and reference runs)."""
     rule_cls = get_rule(shard.rule)
-    rule = rule_cls(**shard.rule_kwargs)
+    if rule is None:
+        rule = rule_cls.from_variant(shard.variant, **shard.rule_kwargs)
     task = load_task(shard.task, n_probe=shard.probes, input_scale=shard.input_scale)
     m = shard.n_networks
     net = build_network(shard.arch, task.input_shape, task.n_classes, m, device=device)
     reinitialise(net, shard.inits, shard.init_scales, shard.seeds)
     per_epoch = len(task.y_train) // min(shard.batch_size, len(task.y_train))
     total = max(int(math.ceil(shard.epochs * per_epoch)), shard.checkpoints - 1)
+    return rule_cls, rule, task, net, per_epoch, total
+
+
+def train_shard(shard: Shard | dict, device: str = "cpu", rule=None) -> dict:
+    """Train a shard's population without recording it (reference sweeps): the trainer's
+    result dict (``test_accuracy``, ``diverged``, ...). ``rule`` replaces the shard's rule
+    (e.g. :class:`training_zoo.baselines.ReadoutOnly` under the same draws)."""
+    import torch
+
+    if isinstance(shard, dict):
+        shard = Shard(**shard)
+    _, rule, task, net, per_epoch, total = _setup(shard, device, rule)
+    return train_population(rule, net, task, shard.optimizer, lr=torch.tensor(shard.lrs),
+                            epochs=total / per_epoch + 1, batch_size=shard.batch_size,
+                            seed=shard.seed, max_steps=total)
+
+
+def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) -> list:
+    """Train and record one shard; returns one NetworkRecord per network.
+
+    Diverged networks are returned with ``diverged=True`` (frozen at their last good
+    checkpoint, see :mod:`training_zoo.trainer`) and logged; the store keeps them out of
+    training sets. Every network's metadata carries its ``variant`` and whether it ``learned``
+    (:func:`training_zoo.baselines.learned`: final test accuracy at or above the learning bar
+    of its task, architecture family and optimizer; ``None`` where no bar is known).
+    """
+    import torch
+
+    from training_zoo.baselines import learned, learned_threshold
+
+    if isinstance(shard, dict):
+        shard = Shard(**shard)
+    rule_cls, rule, task, net, per_epoch, total = _setup(shard, device)
+    m = shard.n_networks
     steps = checkpoint_steps(total, shard.checkpoints, shard.spacing)
     recorder = Recorder(net, task.x_probe, shard.units_per_layer, seed=shard.seed)
     # epochs only bounds the loop here; max_steps fixes the exact step count.
@@ -48,12 +74,16 @@ def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) 
     )
     ids = [f"{shard.shard_id}/{i}" for i in range(m)]
     label = describe(shard.arch)
+    bar = learned_threshold(shard.task, shard.arch["family"], shard.optimizer)
+    final = result["test_accuracy"].tolist()
     metadata = []
     for i in range(m):
         metadata.append({
-            "rule": shard.rule, "family": rule_cls.family, "optimizer": shard.optimizer,
+            "rule": shard.rule, "family": rule_cls.family, "variant": shard.variant,
+            "optimizer": shard.optimizer,
             "architecture": label, "arch_family": shard.arch["family"], "task": shard.task,
-            "seed": shard.seeds[i],
+            "seed": shard.seeds[i], "learned": learned(final[i], bool(result["diverged"][i]), bar),
+            "learned_threshold": bar,
             "hyperparameters": {
                 "lr": shard.lrs[i], "init": shard.inits[i], "init_scale": shard.init_scales[i],
                 "batch_size": shard.batch_size, "input_scale": shard.input_scale,

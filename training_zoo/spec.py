@@ -7,9 +7,12 @@ classifier has to learn the rule, not the circumstances:
 
 - per shard: architecture shape (depth, width, activation, channels), batch size, input
   scale, training length, checkpoint spacing;
-- per network: learning rate (log-uniform over the optimizer's range), init scheme, init
-  scale, init seed.
+- per network: learning rate (log-uniform over the optimizer's range, times the rule's
+  ``rule_lr_scale``), init scheme, init scale, init seed;
+- per rule: the implementation variant (``variants``), crossed with the cells.
 
+All of these but the rule's own scales and its variant are drawn per *cell* (optimizer, task,
+architecture entry, replicate), never per rule, so no circumstance tells a rule apart.
 Expansion is deterministic for the spec's ``seed``.
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,6 +66,9 @@ class Shard:
     probes: int = 64
     seed: int = 0
     rule_kwargs: dict = field(default_factory=dict)
+    #: implementation variant (``LearningRule.variants``); the rule is built with
+    #: ``rule_cls.from_variant(variant, **rule_kwargs)``.
+    variant: str = "default"
 
     @property
     def n_networks(self) -> int:
@@ -109,8 +116,76 @@ def _check(values, known, field_name):
             raise SpecError(f"{field_name}: unknown value {v!r}; known: {', '.join(known)}")
 
 
+def _rule_variants(spec: dict, rules: list[str]) -> dict[str, list[str]]:
+    """rule -> the variant ids the spec asks for (``variants: all | default | {rule: ...}``);
+    a spec that does not say gets the paper form only (the shipped default/large say ``all``)."""
+    raw = spec.get("variants", "default")
+    per_rule = raw if isinstance(raw, dict) else {}
+    if not isinstance(raw, dict) and raw not in ("all", "default"):
+        raise SpecError(f"variants: expected 'all', 'default' or a mapping rule -> list, found {raw!r}")
+    for r in per_rule:
+        if r not in rules:
+            raise SpecError(f"variants: rule {r!r} is not among the spec's rules ({', '.join(rules)})")
+    out = {}
+    for r in rules:
+        known = list(get_rule(r).variants)
+        want = per_rule.get(r, "all") if per_rule else raw
+        want = known if want == "all" else ["default"] if want == "default" else _list(want)
+        for v in want:
+            if v not in known:
+                raise SpecError(f"variants.{r}: unknown variant {v!r}; known: {', '.join(known)}")
+        out[r] = list(dict.fromkeys(want))
+    return out
+
+
+def _rule_scale(table: dict, rule: str, opt: str, field_name: str) -> float:
+    """A per-rule factor, either one number or a mapping optimizer -> number (missing: 1)."""
+    v = table.get(rule, 1.0)
+    if isinstance(v, dict):
+        v = v.get(opt, 1.0)
+    if not isinstance(v, (int, float)) or v <= 0:
+        raise SpecError(f"{field_name}.{rule}: expected a positive number (or optimizer -> number), found {v!r}")
+    return float(v)
+
+
+def _draw_cell(rng: np.random.Generator, arch: dict, family: str, n_net: int, lo: float, hi: float,
+               inits, init_scale, batch_sizes, input_scale, epochs, spacings) -> dict:
+    """Everything a cell fixes, drawn from the cell's generator alone (never the rule's)."""
+    shape = {"family": family, "activation": str(rng.choice(_list(arch.get("activation", "relu"))))}
+    if family == "cnn":
+        options = arch.get("channels", [[8, 16]])
+        if options and isinstance(options[0], int):  # one choice, written flat
+            options = [options]
+        shape["channels"] = [int(c) for c in options[rng.integers(len(options))]]
+    else:
+        shape["depth"] = int(rng.choice(_list(arch.get("depth", 2))))
+        shape["width"] = int(rng.choice(_list(arch.get("width", 64))))
+    return {
+        "arch": shape,
+        "lrs": [float(v) for v in np.exp(rng.uniform(math.log(lo), math.log(hi), n_net))],
+        "inits": [str(v) for v in rng.choice(inits, n_net)],
+        "init_scales": [float(v) for v in rng.uniform(*init_scale, n_net)],
+        "seeds": [int(v) for v in rng.integers(0, 2**31 - 1, n_net)],
+        "batch_size": int(rng.choice(batch_sizes)),
+        "input_scale": float(np.exp(rng.uniform(math.log(input_scale[0]), math.log(input_scale[1])))),
+        "epochs": float(rng.uniform(*epochs)),
+        "spacing": str(rng.choice(spacings)),
+        "seed": int(rng.integers(0, 2**31 - 1)),
+    }
+
+
 def expand_spec(spec: str | Path | dict) -> list[Shard]:
-    """Expand a zoo spec into shards (see docs/zoo.md for the schema)."""
+    """Expand a zoo spec into shards (see docs/zoo.md for the schema).
+
+    A *cell* is (optimizer, task, architecture entry, replicate). Everything a shard varies
+    besides the rule (shape, batch size, input scale, training length, checkpoint spacing, the
+    networks' learning rates before the rule's scale, inits and seeds, the shard's seed) is
+    drawn from the spec seed and the cell's indices alone, so every rule meets exactly the same
+    circumstances in a cell. Variants are crossed with cells: with ``variant_sampling: cycle``
+    (default) a rule's cells of one architecture family take its variants in turn (and a family
+    with fewer cells than variants repeats cells until every variant has one), with ``cross``
+    every cell runs every variant.
+    """
     spec = load_spec(spec)
     seed = int(spec.get("seed", 0))
     rules = spec.get("rules", "all")
@@ -120,6 +195,9 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
             get_rule(r)
         except KeyError as err:
             raise SpecError(f"rules: {err.args[0]}") from None
+    variants = _rule_variants(spec, rules)
+    sampling = spec.get("variant_sampling", "cycle")
+    _check([sampling], ("cycle", "cross"), "variant_sampling")
     optimizers = _list(spec.get("optimizers", ["sgd"]))
     _check(optimizers, OPTIMIZERS, "optimizers")
     tasks = _list(spec.get("tasks", ["digits"]))
@@ -141,8 +219,19 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     init_scale = _range(hp, "init_scale", [1.0, 1.0])
     batch_sizes = [int(b) for b in _list(hp.get("batch_size", [32]))]
     input_scale = _range(hp, "input_scale", [1.0, 1.0])
-    epochs = _range(hp, "epochs", [2, 2])
+    epochs_spec = hp.get("epochs", [2, 2])
+    task_epochs = epochs_spec if isinstance(epochs_spec, dict) else {}
+    for t in task_epochs:
+        if t not in tasks:
+            raise SpecError(f"hyperparameters.epochs: task {t!r} is not among the spec's tasks")
     rule_lr_scale = spec.get("rule_lr_scale", {}) or {}
+    rule_epochs_scale = spec.get("rule_epochs_scale", {}) or {}
+    for name, table in (("rule_lr_scale", rule_lr_scale), ("rule_epochs_scale", rule_epochs_scale)):
+        for r in table:
+            if r not in rules and r not in all_rules():
+                raise SpecError(f"{name}: unknown rule {r!r}")
+            for o in optimizers:
+                _rule_scale(table, r, o, name)
     rec = spec.get("recording", {}) or {}
     spacings = _list(rec.get("spacing", ["even"]))
     _check(spacings, SPACINGS, "recording.spacing")
@@ -153,45 +242,51 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     n_net = int(spec.get("networks_per_shard", 8))
     rule_kwargs = spec.get("rule_kwargs", {}) or {}
 
-    shards: list[Shard] = []
-    for ri, rule in enumerate(rules):
-        supports = get_rule(rule).supports
+    # The cells, and what each fixes, drawn once for all rules.
+    cells: dict[str, list[tuple[tuple, dict]]] = {}  # architecture family -> [(key, draws)]
+    for ai, arch in enumerate(archs):
+        family = arch.get("family", "mlp")
         for oi, opt in enumerate(optimizers):
             lo, hi = _range(lr_ranges, opt, None)
-            scale = float(rule_lr_scale.get(rule, 1.0))
             for ti, task in enumerate(tasks):
-                for ai, arch in enumerate(archs):
-                    family = arch.get("family", "mlp")
-                    if family not in supports:
-                        log.debug("zoo spec: rule %s does not support %s; skipped", rule, family)
-                        continue
-                    for rep in range(per_cell):
-                        rng = np.random.default_rng([seed, ri, oi, ti, ai, rep])
-                        shape = {"family": family,
-                                 "activation": str(rng.choice(_list(arch.get("activation", "relu"))))}
-                        if family == "cnn":
-                            options = arch.get("channels", [[8, 16]])
-                            if options and isinstance(options[0], int):  # one choice, written flat
-                                options = [options]
-                            shape["channels"] = [int(c) for c in options[rng.integers(len(options))]]
-                        else:
-                            shape["depth"] = int(rng.choice(_list(arch.get("depth", 2))))
-                            shape["width"] = int(rng.choice(_list(arch.get("width", 64))))
-                        shards.append(Shard(
-                            shard_id=f"{rule}.{opt}.{task}.a{ai}.r{rep}",
-                            rule=rule, optimizer=opt, task=str(task), arch=shape,
-                            lrs=[float(v) * scale for v in np.exp(rng.uniform(math.log(lo), math.log(hi), n_net))],
-                            inits=[str(v) for v in rng.choice(inits, n_net)],
-                            init_scales=[float(v) for v in rng.uniform(*init_scale, n_net)],
-                            seeds=[int(v) for v in rng.integers(0, 2**31 - 1, n_net)],
-                            batch_size=int(rng.choice(batch_sizes)),
-                            input_scale=float(np.exp(rng.uniform(math.log(input_scale[0]), math.log(input_scale[1])))),
-                            epochs=float(rng.uniform(*epochs)),
-                            checkpoints=n_ck, spacing=str(rng.choice(spacings)),
-                            units_per_layer=units, probes=probes,
-                            seed=int(rng.integers(0, 2**31 - 1)),
-                            rule_kwargs=dict(rule_kwargs.get(rule, {})),
-                        ))
+                ep = _range(task_epochs, str(task), None) if task_epochs else _range(hp, "epochs", [2, 2])
+                for rep in range(per_cell):
+                    rng = np.random.default_rng([seed, oi, ti, ai, rep])
+                    draws = _draw_cell(rng, arch, family, n_net, lo, hi, inits, init_scale,
+                                       batch_sizes, input_scale, ep, spacings)
+                    cells.setdefault(family, []).append(((opt, str(task), ai, rep), draws))
+
+    shards: list[Shard] = []
+    for rule in rules:
+        supports = get_rule(rule).supports
+        rv = variants[rule]
+        for family, fcells in cells.items():
+            if family not in supports:
+                log.debug("zoo spec: rule %s does not support %s; skipped", rule, family)
+                continue
+            if sampling == "cross":
+                plan = [(c, v) for c in fcells for v in rv]
+            else:
+                # cycle: the cells in an order shuffled per rule and family take the variants
+                # in turn (balanced counts, and no variant tied to one optimizer or task, as a
+                # fixed order would do when the counts divide); cells repeat until every
+                # variant has one.
+                order = np.random.default_rng([seed, zlib.crc32(f"{rule}/{family}".encode())]).permutation(len(fcells))
+                plan = [(fcells[order[k % len(fcells)]], rv[k % len(rv)])
+                        for k in range(max(len(fcells), len(rv)))]
+            for ((opt, task, ai, rep), d), variant in plan:
+                lr_scale = _rule_scale(rule_lr_scale, rule, opt, "rule_lr_scale")
+                ep_scale = _rule_scale(rule_epochs_scale, rule, opt, "rule_epochs_scale")
+                shards.append(Shard(
+                    shard_id=f"{rule}.{variant}.{opt}.{task}.a{ai}.r{rep}",
+                    rule=rule, variant=variant, optimizer=opt, task=task, arch=dict(d["arch"]),
+                    lrs=[v * lr_scale for v in d["lrs"]], inits=list(d["inits"]),
+                    init_scales=list(d["init_scales"]), seeds=list(d["seeds"]),
+                    batch_size=d["batch_size"], input_scale=d["input_scale"],
+                    epochs=d["epochs"] * ep_scale, checkpoints=n_ck, spacing=d["spacing"],
+                    units_per_layer=units, probes=probes, seed=d["seed"],
+                    rule_kwargs=dict(rule_kwargs.get(rule, {})),
+                ))
     log.info("zoo spec %s: %d shards, %d networks", spec.get("name", "?"), len(shards),
              sum(s.n_networks for s in shards))
     return shards

@@ -7,8 +7,9 @@ Layout (documented for users in ``docs/store.md``)::
         <shard_id>/               group, attrs: schema_version, shard_id, network_ids,
                                   weight_stats (names), networks (the listing, LISTING_FIELDS)
           network_id   (network,)                                     str
-          rule, family, optimizer, architecture, arch_family, task  (network,)  str
+          rule, family, variant, optimizer, architecture, arch_family, task  (network,)  str
           seed         (network,)                                     int64
+          learned      (network,)                                     bool (see docs/store.md)
           hyperparameters, metadata_json, extras_json, recording_attrs_json (network,)  str (JSON)
           diverged     (network,)                                     bool
           n_checkpoints, n_stimuli, n_units, n_areas, n_layers, n_aux_checkpoints (network,) int32
@@ -50,7 +51,7 @@ import numpy as np
 import xarray as xr
 
 from rulefinder.network_record import METADATA_KEYS, NetworkRecord
-from rulefinder.vocabulary import STRING_METADATA
+from rulefinder.vocabulary import METADATA_DEFAULTS, STRING_METADATA
 from rulefinder.recording.model import areas_of, make_recording
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ COUNT_FIELDS = (
     "n_aux_checkpoints",
 )
 TABLE_FIELDS = (
-    ("network_id",) + STRING_METADATA + ("seed",) + JSON_FIELDS + ("diverged",) + COUNT_FIELDS
+    ("network_id",) + STRING_METADATA + ("seed",) + JSON_FIELDS + ("diverged", "learned") + COUNT_FIELDS
 )
 # The listing (``ZooStore.networks()``): kept twice, as arrays and as the shard group's
 # ``networks`` attribute, so that listing a store reads group metadata only (one object per
@@ -78,7 +79,7 @@ TABLE_FIELDS = (
 LISTING_FIELDS = (
     ("network_id",)
     + STRING_METADATA
-    + ("seed", "hyperparameters", "diverged")
+    + ("seed", "hyperparameters", "diverged", "learned")
     + COUNT_FIELDS
     + ("final_accuracy",)
 )
@@ -176,6 +177,8 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "network_id": np.array([r.network_id for r in records], dtype=object),
         "seed": np.array([int(r.metadata["seed"]) for r in records], dtype=np.int64),
         "diverged": np.array([bool(r.diverged) for r in records], dtype=bool),
+        # The zoo's judgement (training_zoo.baselines.learned); absent or unknown (null): False.
+        "learned": np.array([bool(r.metadata.get("learned")) for r in records], dtype=bool),
         "hyperparameters": np.array(
             [to_json(r.metadata.get("hyperparameters", {})) for r in records], dtype=object
         ),
@@ -193,7 +196,9 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "n_aux_checkpoints": np.array(aux_len, dtype=np.int32),
     }
     for key in STRING_METADATA:
-        table[key] = np.array([str(r.metadata[key]) for r in records], dtype=object)
+        table[key] = np.array(
+            [str(r.metadata[key] if key in r.metadata else METADATA_DEFAULTS[key]) for r in records], dtype=object
+        )
 
     session_time = np.full((n, C), np.nan)
     accuracy = np.full((n, C), np.nan)

@@ -39,6 +39,7 @@ from zarr.codecs import BloscCodec
 from zarr.core.sync import sync as zarr_sync
 
 from rulefinder.network_record import NetworkRecord
+from rulefinder.vocabulary import METADATA_DEFAULTS
 from rulefinder.store import location
 from rulefinder.store.schema import (
     COUNT_FIELDS,
@@ -95,8 +96,10 @@ def _as_str(values: Any) -> np.ndarray:
 
 def _empty(name: str, n: int) -> np.ndarray:
     """A column of ``n`` unknown values, typed like the real column."""
-    if name in ("complete", "diverged"):
+    if name in ("complete", "diverged", "learned"):  # stores before `learned`: False
         return np.zeros(n, dtype=bool)
+    if name in METADATA_DEFAULTS:  # stores before the field: its default ("variant": "default")
+        return np.array([METADATA_DEFAULTS[name]] * n, dtype=str)
     if name in COUNT_FIELDS:
         return np.zeros(n, dtype=np.int32)
     if name in ("seed", "index"):
@@ -386,9 +389,9 @@ class ZooStore:
         """Per-network table over dim ``network`` (coordinate = network id).
 
         Variables: ``shard``, ``index`` (position in the shard), ``complete``, the metadata
-        strings (``rule``, ``family``, ``optimizer``, ``architecture``, ``arch_family``,
-        ``task``), ``seed``, ``hyperparameters`` (JSON), ``diverged``, the ``n_*`` counts and
-        ``final_accuracy``. Incomplete networks are listed too (``complete`` False). Reads
+        strings (``rule``, ``family``, ``variant``, ``optimizer``, ``architecture``,
+        ``arch_family``, ``task``), ``seed``, ``hyperparameters`` (JSON), ``diverged``,
+        ``learned`` (docs/store.md), the ``n_*`` counts and ``final_accuracy``. Incomplete networks are listed too (``complete`` False). Reads
         group metadata and the ``complete`` flags only.
         """
         if self._table is not None:

@@ -1,0 +1,245 @@
+"""Which fraction of each rule's zoo networks learn, and at which learning-rate scale?
+
+Trains a reduced default-style zoo (the ``default`` spec's architectures, optimizers, draws and
+training lengths, on a subset of tasks, fewer networks a shard, every variant cycled over the
+cells as the zoo does) with each optimizer's learning-rate range widened tenfold on both sides.
+Every network is judged by the store's ``learned`` definition (training_zoo/learning_reference.json
+bars). For every rule and optimizer it then reads off
+
+- the learned fraction inside the spec's own two-decade window (``rule_lr_scale`` 1), and
+- the scale (a power of sqrt(10) between 0.1 and 10) whose window holds the largest learned
+  fraction: the suggested ``rule_lr_scale`` for zoo_specs/default.yaml;
+
+and per variant the fraction at the suggested scales. Writes the table into docs/rules.md
+(between the ``learned-fraction`` markers) and prints the results as JSON.
+
+Usage: python benchmarks/learned_fraction.py [--tasks digits] [--networks 8] [--rules a,b]
+       [--reference training_zoo/learning_reference.json] [--from-json results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training_zoo.baselines import REFERENCE_PATH, bar_from, learned, learned_threshold
+from training_zoo.spec import expand_spec, load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+WIDEN = 10.0
+SCALES = [10.0 ** k for k in (-1.0, -0.5, 0.0, 0.5, 1.0)]
+START, END = "<!-- learned-fraction:start -->", "<!-- learned-fraction:end -->"
+
+
+def _job(args: tuple) -> list[dict]:
+    shard, threads = args
+    from training_zoo.shard import train_shard
+
+    torch.set_num_threads(threads)
+    logging.getLogger("training_zoo").setLevel(logging.ERROR)
+    t0 = time.perf_counter()
+    try:
+        if shard["rule"] == "_readout_only":
+            from training_zoo.baselines import ReadoutOnly
+
+            res = train_shard({**shard, "rule": "backprop"}, rule=ReadoutOnly())
+        else:
+            res = train_shard(shard)
+        acc, div, error = res["test_accuracy"].float().tolist(), res["diverged"].tolist(), None
+    except Exception as err:  # a broken rule/architecture pair is reported, not hidden
+        acc, div, error = [float("nan")] * len(shard["lrs"]), [True] * len(shard["lrs"]), f"{type(err).__name__}: {err}"
+    sec = time.perf_counter() - t0
+    return [{"rule": shard["rule"], "variant": shard["variant"], "optimizer": shard["optimizer"],
+             "task": shard["task"], "arch_family": shard["arch"]["family"], "lr": lr, "epochs": shard["epochs"],
+             "accuracy": a, "diverged": bool(d), "error": error, "seconds": sec}
+            for lr, a, d in zip(shard["lrs"], acc, div)]
+
+
+def analyse(rows: list[dict], lr_lo: dict, reference: str | None = None) -> dict:
+    """Per rule x optimizer: fraction learned at scale 1 and at the best scale; per variant."""
+    out: dict = {}
+    for r in rows:  # decades above the spec's lower bound, the spec window is [0, 2]
+        r["u"] = math.log10(r["lr"] / lr_lo[r["optimizer"]])
+    own = {}
+    if reference == "self":  # bars from this run: backprop and readout-only inside the spec window
+        for key in {(r["task"], r["arch_family"], r["optimizer"]) for r in rows}:
+            acc = {k: [r["accuracy"] for r in rows if (r["task"], r["arch_family"], r["optimizer"]) == key
+                       and r["rule"] == k and not r["diverged"] and 0 <= r["u"] <= 2]
+                   for k in ("backprop", "_readout_only")}
+            if acc["backprop"] and acc["_readout_only"]:
+                own[key] = bar_from(float(np.median(acc["_readout_only"])), float(np.median(acc["backprop"])))
+    for r in rows:  # judged here, so the bars can be (re)computed after the sweep
+        key = (r["task"], r["arch_family"], r["optimizer"])
+        r["bar"] = own.get(key) if reference == "self" else learned_threshold(*key, reference)
+        r["learned"] = learned(r["accuracy"], r["diverged"], r["bar"]) if r["error"] is None else False
+    rows = [r for r in rows if r["learned"] is not None and r["rule"] != "_readout_only"]
+    for rule in sorted({r["rule"] for r in rows}):
+        entry: dict = {"optimizers": {}, "variants": {}}
+        chosen: dict = {}
+        for opt in sorted({r["optimizer"] for r in rows if r["rule"] == rule}):
+            sub = [r for r in rows if r["rule"] == rule and r["optimizer"] == opt]
+            fr = {}
+            for s in SCALES:
+                k = math.log10(s)
+                win = [r["learned"] for r in sub if k <= r["u"] <= k + 2]
+                fr[s] = (float(np.mean(win)) if win else float("nan"), len(win))
+            best = max(SCALES, key=lambda s: (np.nan_to_num(fr[s][0], nan=-1), -abs(math.log10(s))))
+            chosen[opt] = best
+            entry["optimizers"][opt] = {"fraction_scale1": fr[1.0][0], "n_scale1": fr[1.0][1],
+                                        "best_scale": round(best, 3), "fraction_best": fr[best][0],
+                                        "n_best": fr[best][1], "by_scale": {f"{s:.3g}": fr[s][0] for s in SCALES}}
+        inwin = [r for r in rows if r["rule"] == rule and
+                 math.log10(chosen[r["optimizer"]]) <= r["u"] <= math.log10(chosen[r["optimizer"]]) + 2]
+        scale1 = [r for r in rows if r["rule"] == rule and 0 <= r["u"] <= 2]
+        entry["fraction_scale1"] = float(np.mean([r["learned"] for r in scale1])) if scale1 else float("nan")
+        entry["fraction_best"] = float(np.mean([r["learned"] for r in inwin])) if inwin else float("nan")
+        entry["n_best"] = len(inwin)
+        for v in sorted({r["variant"] for r in inwin}):
+            vs = [r["learned"] for r in inwin if r["variant"] == v]
+            entry["variants"][v] = {"fraction_best": float(np.mean(vs)), "n": len(vs)}
+        entry["by_arch_family"] = {
+            f: float(np.mean([r["learned"] for r in inwin if r["arch_family"] == f]))
+            for f in sorted({r["arch_family"] for r in inwin})}
+        entry["errors"] = sorted({r["error"] for r in rows if r["rule"] == rule and r["error"]})
+        out[rule] = entry
+    return out
+
+
+def render(results: dict) -> str:
+    a = results["analysis"]
+    lines = [
+        START,
+        "## Which networks learn (the store's `learned` flag)",
+        "",
+        "Generated by `python benchmarks/learned_fraction.py` "
+        f"(commit {results['commit']}, {results['seconds'] / 60:.0f} min on this machine). Do not edit by hand.",
+        "",
+        "A zoo network has **learned** when its final test accuracy is at least the baseline",
+        "(frozen random hidden layers, readout trained) plus half of (backprop's median minus the",
+        "baseline) on the same task, architecture family and optimizer (docs/zoo.md, \"Which networks",
+        "learned\"). Bars here: " + ("this run's own backprop and readout-only networks inside the spec's "
+        "learning-rate window (same cells, same draws)." if results.get("reference") == "self"
+        else "training_zoo/learning_reference.json."),
+        "",
+        "Reduced default-style zoo: the `default` spec's optimizers and draws, architectures "
+        + "; ".join(f"{a['family']} (depth {a.get('depth', '-')}, width {a.get('width', '-')})"
+                    if a["family"] != "cnn" else f"cnn (channels {a.get('channels')})"
+                    for a in results.get("architectures", [])) + ", on "
+        + f"{', '.join(results['tasks'])}, {results['networks']} networks a shard, variants cycled over the "
+        f"cells, learning-rate ranges widened {WIDEN:g}x on both sides ({results['n_networks']} networks). "
+        "*At scale 1* counts the networks inside the spec's own two-decade window; *best scale* is the "
+        "window (shifted by a power of sqrt(10)) with the largest learned fraction, the `rule_lr_scale` "
+        "per optimizer that zoo_specs/default.yaml takes from this run. Fractions rest on few networks "
+        "per cell (n shown): read them to +-0.15.",
+        "",
+        "| rule | learned at scale 1 | learned at best scale (n) | best scale sgd / momentum / adam | by variant (best scale) | by arch family |",
+        "|---|---|---|---|---|---|",
+    ]
+    for rule, e in a.items():
+        sc = " / ".join(f"{e['optimizers'][o]['best_scale']:g}" if o in e["optimizers"] else "-"
+                        for o in ("sgd", "momentum", "adam"))
+        var = ", ".join(f"{v} {x['fraction_best']:.2f} ({x['n']})" for v, x in e["variants"].items())
+        fam = ", ".join(f"{f} {x:.2f}" for f, x in e["by_arch_family"].items())
+        flag = "" if e["fraction_best"] >= 0.8 else " **(< 0.8)**"
+        err = f"; errors: {'; '.join(x[:60] for x in e['errors'])}" if e["errors"] else ""
+        lines.append(f"| `{rule}` | {e['fraction_scale1']:.2f} | {e['fraction_best']:.2f}{flag} ({e['n_best']}) | "
+                     f"{sc} | {var} | {fam}{err} |")
+    lines += ["", END, ""]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, section: str) -> None:
+    text = path.read_text() if path.exists() else ""
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--spec", default="default")
+    p.add_argument("--tasks", default="digits")
+    p.add_argument("--rules", help="comma-separated subset (default: every rule of the spec)")
+    p.add_argument("--networks", type=int, default=8)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--reference", default=str(REFERENCE_PATH),
+                   help="bars file; 'self' = bars from this run's own backprop and readout-only networks")
+    p.add_argument("--families", help="comma-separated architecture families (default: the spec's)")
+    p.add_argument("--max-width", type=int, help="drop wider options of the spec's architectures (a cheaper zoo)")
+    p.add_argument("--max-depth", type=int, help="drop deeper options of the spec's architectures")
+    p.add_argument("--out", default=str(ROOT / "docs" / "rules.md"))
+    p.add_argument("--save", help="also save the raw rows and the analysis as JSON here")
+    p.add_argument("--from-json", help="re-render from this script's saved JSON")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    spec = dict(load_spec(args.spec))
+    lr_lo = {o: float(v[0]) for o, v in spec["hyperparameters"]["lr"].items()}
+    if args.from_json:
+        results = json.loads(Path(args.from_json).read_text())
+        results["analysis"] = analyse(results["rows"], lr_lo, args.reference)
+    else:
+        spec["tasks"] = args.tasks.split(",")
+        spec["networks_per_shard"] = args.networks
+        spec["rule_lr_scale"] = {}
+        if args.rules:
+            spec["rules"] = args.rules.split(",")
+        archs = [dict(a) for a in spec["architectures"]
+                 if not args.families or a.get("family", "mlp") in args.families.split(",")]
+        for a in archs:
+            if args.max_width and "width" in a:
+                a["width"] = [w for w in a["width"] if w <= args.max_width] or [min(a["width"])]
+            if args.max_depth and "depth" in a:
+                a["depth"] = [d for d in a["depth"] if d <= args.max_depth] or [min(a["depth"])]
+        spec["architectures"] = archs
+        spec["hyperparameters"] = dict(spec["hyperparameters"], lr={
+            o: [v[0] / WIDEN, v[1] * WIDEN] for o, v in spec["hyperparameters"]["lr"].items()})
+        shards = expand_spec(spec)
+        jobs = [(s.to_dict(), args.threads) for s in shards]
+        if args.reference == "self":  # the readout-only baseline on backprop's cells, spec window
+            for s in shards:
+                if s.rule == "backprop":
+                    d = s.to_dict()
+                    jobs.insert(0, ({**d, "rule": "_readout_only"}, args.threads))
+        t0 = time.perf_counter()
+        if args.workers > 1:
+            import multiprocessing as mp
+
+            results_iter = mp.get_context("spawn").Pool(args.workers).imap_unordered(_job, jobs)
+        else:
+            results_iter = map(_job, jobs)
+        rows = []
+        for i, shard_rows in enumerate(results_iter):
+            rows += shard_rows
+            r = shard_rows[0]
+            logging.info("[%d/%d] %s/%s %s %s: median accuracy %.3f (%.0f s)%s", i + 1, len(jobs), r["rule"],
+                         r["variant"], r["optimizer"], r["arch_family"],
+                         float(np.median([x["accuracy"] for x in shard_rows])), r["seconds"],
+                         f" {r['error']}" if r["error"] else "")
+            if args.save and (i + 1) % 10 == 0:
+                Path(args.save).write_text(json.dumps({"rows": rows}))
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                cwd=ROOT).stdout.strip()
+        results = {"tasks": spec["tasks"], "architectures": spec["architectures"], "reference": args.reference, "networks": args.networks, "n_networks": len(rows), "commit": commit,
+                   "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
+                   "analysis": analyse(rows, lr_lo, args.reference)}
+    if args.save:
+        Path(args.save).write_text(json.dumps(results))
+    write_section(Path(args.out), render(results))
+    print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
+
+
+if __name__ == "__main__":
+    main()
