@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 
 from api.auth import ApiError, current_owner
 from api.schemas import ErrorResponse, PredictionJob, PredictionRequest, ValidationErrorResponse
@@ -68,9 +68,21 @@ async def create_prediction(
     summary="A prediction's status and, once it succeeded, its result",
 )
 async def get_prediction(
-    request: Request, prediction_id: str, owner: Annotated[str, Depends(current_owner)]
+    request: Request,
+    prediction_id: str,
+    owner: Annotated[str, Depends(current_owner)],
+    wait: Annotated[
+        float,
+        Query(ge=0, le=30, description="Long poll: answer as soon as the prediction ends, or after this many seconds."),
+    ] = 0,
 ) -> PredictionJob:
-    job = request.app.state.storage.get_job(prediction_id, owner)
+    storage = request.app.state.storage
+    job = storage.get_job(prediction_id, owner)
     if job is None:
         raise ApiError(404, f"prediction {prediction_id!r} not found")
+    if wait > 0 and job.status in ("queued", "running"):
+        await request.app.state.jobs.wait_for(prediction_id, wait)
+        job = storage.get_job(prediction_id, owner)
+        if job is None:  # deleted with its recording while we waited
+            raise ApiError(404, f"prediction {prediction_id!r} not found")
     return to_api(job)

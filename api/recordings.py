@@ -196,6 +196,7 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
                 files=files,
             )
         )
+        request.app.state.jobs.cache.put(owner, row.id, rec)
         return _to_api(row)
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
@@ -245,4 +246,5 @@ async def get_recording(
 async def delete_recording(request: Request, recording_id: str, owner: Annotated[str, Depends(current_owner)]) -> Response:
     if not request.app.state.storage.delete_recording(owner, recording_id):
         raise ApiError(404, f"recording {recording_id!r} not found")
+    request.app.state.jobs.cache.drop(owner, recording_id)
     return Response(status_code=204)

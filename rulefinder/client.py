@@ -242,23 +242,23 @@ class Client:
             body["model"] = model
         return PredictionJob.model_validate(self._request("POST", "/v1/predictions", json=body).json())
 
-    def job(self, prediction_id: str) -> PredictionJob:
-        return PredictionJob.model_validate(self._request("GET", f"/v1/predictions/{prediction_id}").json())
+    def job(self, prediction_id: str, wait: float = 0.0) -> PredictionJob:
+        """A prediction's state; ``wait`` > 0 long-polls: the server answers when it ends (<= 30 s)."""
+        params = {"wait": min(30.0, wait)} if wait > 0 else None
+        return PredictionJob.model_validate(self._request("GET", f"/v1/predictions/{prediction_id}", params=params).json())
 
-    def wait(self, prediction_id: str, timeout: float = 600.0, poll: float = 0.05) -> PredictionResult:
-        """Poll until the prediction finishes; its result, or PredictionFailed / PredictionTimeout."""
+    def wait(self, prediction_id: str, timeout: float = 600.0) -> PredictionResult:
+        """Long-poll until the prediction finishes; its result, or PredictionFailed / PredictionTimeout."""
         deadline = time.monotonic() + timeout
-        delay = poll
         while True:
-            job = self.job(prediction_id)
+            left = deadline - time.monotonic()
+            job = self.job(prediction_id, wait=max(0.0, min(30.0, left)))
             if job.status == "succeeded":
                 return job.result
             if job.status == "failed":
                 raise PredictionFailed(prediction_id, job.error)
-            if time.monotonic() + delay > deadline:
+            if time.monotonic() >= deadline:
                 raise PredictionTimeout(f"prediction {prediction_id} still {job.status} after {timeout:g} s")
-            time.sleep(delay)
-            delay = min(1.0, delay * 1.5)
 
     def predict_files(
         self,

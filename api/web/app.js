@@ -102,12 +102,9 @@ async function predict(recId) {
   setStatus("Predicting\u2026");
   let job = await api("POST", "/v1/predictions", { recording_ids: [recId] });
   const t0 = Date.now();
-  let delay = 100;
   while (job.status === "queued" || job.status === "running") {
     if (Date.now() - t0 > 300000) throw new Error("the prediction took over 5 minutes; try again later");
-    await new Promise((res) => setTimeout(res, delay));
-    delay = Math.min(1000, delay * 1.5);
-    job = await api("GET", "/v1/predictions/" + job.id);
+    job = await api("GET", "/v1/predictions/" + job.id + "?wait=10");  // long poll
   }
   if (job.status === "failed") throw new Error(job.error || "the prediction failed");
   showResult(job.result);

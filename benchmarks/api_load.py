@@ -1,0 +1,264 @@
+"""Load on a real ``rulefinder serve`` process on 127.0.0.1, from a load generator in this process.
+
+One cycle = upload a distinct 21 x 64 x 256 float32 ``.npz``, queue a prediction, poll it to its
+result (long poll, ``?wait=30``, as the client does), delete the recording. ``--clients``
+threads run cycles back to back for ``--duration`` seconds or ``--cycles`` cycles, whichever ends first (always bounded). The rate limit is set far
+above the load. Prints one JSON object:
+
+    p50_ms, p99_ms            cycle latency
+    throughput_rps            cycles per second (requests per second: requests_per_s)
+    cpu_ms_per_request        server CPU (user + system) per HTTP request; cpu_ms_per_cycle too
+    errors                    failed requests or cycles
+    rss_mb_start, rss_mb_end  server RSS at cycle --rss-from (or after warm-up) and at the end
+
+Targets (issue #11, 2 cores): 1 client p50 <= 100 ms; 16 clients >= 30 cycles/s, 0 errors,
+p99 <= 2 s; RSS growth <= 50 MB from cycle 500 to 10,000.
+
+Usage:
+    python benchmarks/api_load.py --clients 1 --duration 30
+    python benchmarks/api_load.py --clients 16 --duration 60
+    python benchmarks/api_load.py --clients 16 --cycles 10000 --duration 900   # RSS soak
+Needs a model: the packaged ``default``, ``--model-dir DIR`` (a registry directory, e.g.
+RULEFINDER_DATA_DIR/models), or else the tiny model of the tests is fitted first (said so in the
+output as ``model``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (21, 64, 256)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _prepare_models(data_dir: Path, model_dir: Path | None) -> str:
+    sys.path.insert(0, str(REPO))
+    from rulefinder.classify.registry import ModelRegistry
+
+    if model_dir is not None:
+        shutil.copytree(model_dir, data_dir / "models", dirs_exist_ok=True)
+        return f"default from {model_dir}"
+    if "default" in ModelRegistry(data_dir=data_dir / "models").names():
+        return "packaged default"
+    from tests.api_fixtures import register_tiny_model
+
+    register_tiny_model(data_dir / "models")
+    return "tiny test model (no default model installed)"
+
+
+class Recordings:
+    """Distinct .npz payloads without paying for a new random array each cycle."""
+
+    def __init__(self, seed: int = 0):
+        rng = np.random.default_rng(seed)
+        t = np.linspace(0, 1, SHAPE[0])[:, None, None]
+        base = rng.normal(size=SHAPE[1:]).astype(np.float32)
+        drift = rng.normal(size=SHAPE[1:]).astype(np.float32)
+        self.resp = (base[None] + t * drift[None]).astype(np.float32)
+        self.area = np.array(["V1"] * 128 + ["V2"] * 128)
+        self.order = np.array(["V1", "V2"])
+        self.lock = threading.Lock()
+        self.n = 0
+
+    def next(self) -> bytes:
+        with self.lock:
+            self.n += 1
+            n = self.n
+        resp = self.resp.copy()
+        resp[0, 0, 0] += n * 1e-3  # distinct bytes, so nothing is de-duplicated
+        buf = io.BytesIO()
+        np.savez(buf, responses=resp, unit_area=self.area, area_order=self.order)
+        return buf.getvalue()
+
+
+def run(args) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="rulefinder-load-"))
+    data_dir = work / "data"
+    data_dir.mkdir()
+    model = _prepare_models(data_dir, Path(args.model_dir) if args.model_dir else None)
+    port = _free_port()
+    env = dict(
+        os.environ,
+        RULEFINDER_DATA_DIR=str(data_dir),
+        RULEFINDER_RATE_LIMIT_PER_MINUTE="1e9",
+        RULEFINDER_RETENTION_DAYS="0",
+        RULEFINDER_WORKERS=str(args.workers),
+        OMP_NUM_THREADS="1",
+        OPENBLAS_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    env.pop("RULEFINDER_AUTH", None)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rulefinder", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=open(work / "server.log", "wb"),
+    )
+    url = f"http://127.0.0.1:{port}"
+    proc = psutil.Process(server.pid)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if server.poll() is not None:
+                raise RuntimeError(f"server exited: {(work / 'server.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("server did not start in 120 s")
+            time.sleep(0.2)
+        return _drive(args, url, proc, model)
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
+    recordings = Recordings()
+    latencies: list[float] = []
+    errors: list[str] = []
+    lock = threading.Lock()
+    counters = {"cycles": 0, "requests": 0}
+    rss = {}
+    stop = threading.Event()
+
+    def one_cycle(http: httpx.Client) -> int:
+        n = 0
+        r = http.post("/v1/recordings", files=[("files", ("load.npz", recordings.next(), "application/octet-stream"))])
+        n += 1
+        r.raise_for_status()
+        rid = r.json()["id"]
+        r = http.post("/v1/predictions", json={"recording_ids": [rid]})
+        n += 1
+        r.raise_for_status()
+        pid = r.json()["id"]
+        t_end = time.monotonic() + 120
+        while True:  # long poll, as the client does
+            r = http.get(f"/v1/predictions/{pid}", params={"wait": 30})
+            n += 1
+            r.raise_for_status()
+            status = r.json()["status"]
+            if status == "succeeded":
+                break
+            if status == "failed" or time.monotonic() > t_end:
+                raise RuntimeError(f"prediction {status}: {r.json().get('error')}")
+        r = http.delete(f"/v1/recordings/{rid}")
+        n += 1
+        r.raise_for_status()
+        return n
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    n = one_cycle(http)
+                except Exception as exc:  # noqa: BLE001 - counted, reported
+                    with lock:
+                        errors.append(f"{type(exc).__name__}: {exc}"[:300])
+                    continue
+                dt = time.perf_counter() - t0
+                with lock:
+                    counters["cycles"] += 1
+                    counters["requests"] += n
+                    if counters["cycles"] > args.warmup:
+                        latencies.append(dt)
+                    if counters["cycles"] == max(args.warmup, args.rss_from) and "start" not in rss:
+                        rss["start"] = proc.memory_info().rss
+                        rss["cpu0"] = sum(proc.cpu_times()[:2])
+                        rss["req0"] = counters["requests"]
+                        rss["t0"] = time.monotonic()
+                        rss["c0"] = counters["cycles"]
+                    if counters["cycles"] >= args.cycles:
+                        stop.set()
+
+    with httpx.Client(base_url=url, timeout=300) as http:
+        one_cycle(http)  # loads the model in the server: not part of the measurement
+    threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(args.clients)]
+    t_start = time.monotonic()
+    for t in threads:
+        t.start()
+    while not stop.is_set() and time.monotonic() - t_start < args.duration:
+        time.sleep(0.1)
+    stop.set()
+    for t in threads:
+        t.join(timeout=130)
+    t_end = time.monotonic()
+    rss_end = proc.memory_info().rss
+    cpu_end = sum(proc.cpu_times()[:2])
+    if "start" not in rss:  # too short a run to pass the warm-up
+        raise RuntimeError(f"only {counters['cycles']} cycles in {args.duration} s: raise --duration; errors {errors[:3]}")
+    measured_cycles = counters["cycles"] - rss["c0"]
+    measured_requests = counters["requests"] - rss["req0"]
+    elapsed = t_end - rss["t0"]
+    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    return {
+        "benchmark": "api_load",
+        "clients": args.clients,
+        "workers": args.workers,
+        "model": model,
+        "cycles": counters["cycles"],
+        "measured_cycles": measured_cycles,
+        "warmup_cycles": max(args.warmup, args.rss_from),
+        "duration_s": round(t_end - t_start, 1),
+        "p50_ms": round(float(np.percentile(lat, 50)), 1),
+        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "throughput_rps": round(measured_cycles / elapsed, 2),
+        "requests_per_s": round(measured_requests / elapsed, 1),
+        "cpu_ms_per_request": round(1000 * (cpu_end - rss["cpu0"]) / max(1, measured_requests), 2),
+        "cpu_ms_per_cycle": round(1000 * (cpu_end - rss["cpu0"]) / max(1, measured_cycles), 2),
+        "errors": len(errors),
+        "first_errors": errors[:3],
+        "rss_mb_start": round(rss["start"] / 2**20, 1),
+        "rss_mb_end": round(rss_end / 2**20, 1),
+        "rss_measured_from_cycle": rss["c0"],
+        "cpu_count": os.cpu_count(),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=1)
+    p.add_argument("--duration", type=float, default=30.0, help="Wall-clock bound in seconds.")
+    p.add_argument("--cycles", type=int, default=10**9, help="Stop after this many cycles.")
+    p.add_argument("--warmup", type=int, default=20, help="Cycles left out of latency and throughput.")
+    p.add_argument("--rss-from", type=int, default=0, help="Cycle at which rss_mb_start is taken (default: after warm-up).")
+    p.add_argument("--workers", type=int, default=2, help="Server prediction workers (RULEFINDER_WORKERS).")
+    p.add_argument("--model-dir", default=None, help="Registry directory holding a 'default' model to serve.")
+    args = p.parse_args()
+    if args.duration > 3600:
+        p.error("--duration is bounded at 3600 s")
+    print(json.dumps(run(args)))
+
+
+if __name__ == "__main__":
+    main()
