@@ -197,16 +197,21 @@ def test_dtp_default_with_one_hidden_layer_is_not_the_gradient():
     torch.testing.assert_close(steps["default"].weights[-1], bp.weights[-1])  # readout: CE gradient
 
 
-def test_dtp_default_trains_the_readout_inverse_by_its_reconstruction_loss():
-    net = dense(sizes=(20, 16, 10), m=2)
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_dtp_default_trains_every_inverse_by_its_reconstruction_loss(family):
+    if family == "mlp":
+        net, n_in, n_out = dense(sizes=(20, 16, 10), m=2), 20, 10
+    else:  # inverses of the second conv layer (transposed conv) and of the readout
+        net, n_in, n_out = cnn(m=2), 36, 3
     rule = get_rule("difference_target_propagation")()
     state = rule.init_state(net, torch.Generator().manual_seed(0))
-    assert len(state["feedback_weights"]) == 1 and state["feedback_weights"][0].shape == (2, 16, 10)
+    assert [v.shape[1:] for v in state["feedback_weights"]] == (
+        [(16, 10)] if family == "mlp" else [net.weights[1].shape[1:], (net.weights[2].shape[2], 3)])
     g = torch.Generator().manual_seed(3)
     losses = []
     for _ in range(200):
-        x = torch.randn(16, 20, generator=g, dtype=F64)
-        losses.append(rule.step(net, state, x, torch.randint(0, 10, (16,), generator=g)).extras["reconstruction_loss"])
+        x = torch.randn(16, n_in, generator=g, dtype=F64)
+        losses.append(rule.step(net, state, x, torch.randint(0, n_out, (16,), generator=g)).extras["reconstruction_loss"])
     assert (torch.stack(losses[-20:]).mean(0) < 0.7 * torch.stack(losses[:20]).mean(0)).all()
 
 

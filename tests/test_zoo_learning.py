@@ -19,6 +19,9 @@ from training_zoo.tasks import load_task
 
 LRS = {"sgd": [0.01, 0.03, 0.1, 0.3, 1.0], "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
 EPOCHS = 5
+# Canonical node perturbation (one noisy pass through every layer at once) has many times the
+# variance of a layer-wise multi-sample estimate: it reaches its plateau in about twice the steps.
+RULE_EPOCHS = {"node_perturbation": 10}
 # narrow enough that random hidden features are clearly worse than learned ones on digits
 ARCH = {"depth": 2, "width": 32, "activation": "relu"}
 
@@ -54,7 +57,7 @@ def test_backprop_beats_the_random_feature_baseline(yardsticks):
 def test_rule_assigns_credit(rule_id, task, yardsticks):
     base, bp = yardsticks
     cls = get_rule(rule_id)
-    best = best_accuracy(cls(), _arch(cls), task, m_lrs=LRS, epochs=EPOCHS)
+    best = best_accuracy(cls(), _arch(cls), task, m_lrs=LRS, epochs=RULE_EPOCHS.get(rule_id, EPOCHS))
     kind = bar_kind(rule_id, cls.family)
     assert passes_bar(kind, best["accuracy"], base, bp), (
         f"{rule_id}: accuracy {best['accuracy']:.3f} (best at {best['optimizer']} lr={best['lr']}); "
