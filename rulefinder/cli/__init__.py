@@ -55,5 +55,6 @@ def main() -> None:  # pragma: no cover - console entry point
 # The command modules register their commands on ``app``.
 from rulefinder.cli import recordings, catalogue, store  # noqa: E402,F401
 from rulefinder.cli import models  # noqa: E402,F401
+from rulefinder.cli import serve  # noqa: E402,F401
 from rulefinder.cli import pipeline  # noqa: E402,F401
 from rulefinder.cli import evaluate  # noqa: E402,F401
