@@ -42,7 +42,7 @@ def data(tiny_zoo):
 @pytest.fixture(scope="module")
 def fitted(data):
     recs, labels = data
-    return RuleIdentifier(max_iter=8, calibration_folds=3, feature_set="stats+change+structure").fit(recs, label_dict(labels), groups=labels["shard"].values)
+    return RuleIdentifier(calibration_folds=3).fit(recs, label_dict(labels), groups=labels["shard"].values)
 
 
 def test_dataset_labels_table(tiny_zoo):
@@ -140,7 +140,7 @@ def test_bad_labels_are_named(data):
 
 # --- evaluation -----------------------------------------------------------------------------
 
-FAST = {"max_iter": 5, "calibration_folds": 2, "feature_set": "stats+change+structure"}
+FAST = {"calibration_folds": 2}
 
 
 def test_evaluate_writes_metrics_report_and_figures(tiny_zoo, tmp_path):

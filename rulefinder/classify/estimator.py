@@ -7,10 +7,13 @@ Model (contract: /work/notes/interfaces.md; result fields: ``PredictionResult``)
    the per-session statistics of :mod:`rulefinder.features` as trajectories over relative
    time, their change from the first session, and the area's depth. Every statistic is
    invariant to unit order, stimulus order and the recording's scale, so the model is too.
-2. Per target ``y`` in (rule, family, optimizer) one classifier on area rows gives
-   ``p_a(y)`` per area a; the recording's log-probabilities are the mean over its areas,
-   ``l(y) = mean_a log p_a(y)``, renormalised: ``p(y) ∝ exp(l(y) / T_y)`` with a temperature
-   ``T_y`` fitted (negative log-likelihood) on out-of-fold predictions.
+2. Areas combine by depth (``aggregate="depth"``, the default): one row per recording, the
+   features of the output-side area, of the deepest other area and the mean of the other
+   areas; per target ``y`` in (rule, family, optimizer) one classifier on these rows gives
+   log-probabilities ``l(y)``. (``aggregate="mean"``: one classifier on area rows, and
+   ``l(y) = mean_a log p_a(y)`` over the recording's areas.) Calibrated:
+   ``p(y) ∝ exp(l(y) / T_y)`` with a temperature ``T_y`` fitted (negative log-likelihood) on
+   out-of-fold predictions. ``per_area`` comes from a rule classifier on area rows.
 3. Out-of-fold (folds grouped by ``groups``, e.g. zoo shard, so no shard is on both sides)
    predictions also set the open-set score and the verdict thresholds:
 
@@ -37,6 +40,7 @@ save it with :meth:`RuleIdentifier.trusted_types`.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -129,20 +133,25 @@ class RuleIdentifier(BaseEstimator):
         confusable_ratio: a rule is confusable with the top one when its probability is at
             least this fraction of the top probability.
         n_neighbors: neighbours for the distance part of the unknown score.
+        aggregate: how areas combine into a recording: ``"depth"`` one row per recording,
+            the output-side area's features, the deepest other area's and the mean of the
+            other areas' (areas combined by depth; a single area fills all three), classified
+            directly; ``"mean"`` per-area classifiers whose log-probabilities are averaged.
         random_state: seed of the classifiers.
     """
 
     def __init__(
         self,
-        classifier: str = "hgb",
+        classifier: str = "logreg",
         max_iter: int = 100,
         n_times: int = 8,
-        feature_set: str = "stats+change",
+        feature_set: str = "stats+change+structure",
         calibration_folds: int = 4,
         identified_precision: float = 0.9,
         unknown_level: float = 0.95,
         confusable_ratio: float = 0.25,
         n_neighbors: int = 5,
+        aggregate: str = "depth",
         random_state: int = 0,
     ):
         self.classifier = classifier
@@ -154,6 +163,7 @@ class RuleIdentifier(BaseEstimator):
         self.unknown_level = unknown_level
         self.confusable_ratio = confusable_ratio
         self.n_neighbors = n_neighbors
+        self.aggregate = aggregate
         self.random_state = random_state
 
     # --- features -----------------------------------------------------------------------
@@ -194,9 +204,12 @@ class RuleIdentifier(BaseEstimator):
         self._check_labels(labels, n_rec, groups)
         y = {t: np.asarray(labels[t]).astype(str) for t in TARGETS}
         groups = np.arange(n_rec) if groups is None else np.asarray(groups)
-        X = _clean(rows.values, keep_nan=self.classifier == "hgb")
+        if self.aggregate not in ("depth", "mean"):
+            raise ValueError(f"aggregate is {self.aggregate!r}: expected 'depth' or 'mean'")
+        area_X = _clean(rows.values, keep_nan=self.classifier == "hgb")
         self.feature_names_ = [str(f) for f in rows.coords["feature"].values]
-        self.n_features_in_ = X.shape[1]
+        self.n_features_in_ = area_X.shape[1]
+        X, rec = self._design(area_X, rec, rows.coords["depth"].values, n_rec)
         self.classes_ = {t: np.unique(y[t]) for t in TARGETS}
         if len(self.classes_["rule"]) < 2:
             raise ValueError(f"labels['rule'] has one class {self.classes_['rule'].tolist()}: expected at least 2")
@@ -223,6 +236,13 @@ class RuleIdentifier(BaseEstimator):
             self.temperature_ = {t: 1.0 for t in TARGETS}
 
         self.estimators_ = self._fit_models(X, {t: y[t][rec] for t in TARGETS})
+        # per-area rule probabilities (the result's per_area) need a model on area rows
+        area_rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        self.area_estimator_ = (
+            self.estimators_["rule"]
+            if self.aggregate == "mean"
+            else self._fit_models(area_X, {t: y[t][area_rec] for t in TARGETS}, targets=("rule",))["rule"]
+        )
         self.scaler_, self.neighbors_ = self._fit_neighbors(X)
         if folds < 2:  # no held-out pass: references from the training recordings themselves
             for t in TARGETS:
@@ -250,13 +270,29 @@ class RuleIdentifier(BaseEstimator):
             return 1.0 + 1e-9  # never identified: the model is not precise enough anywhere
         return float(top_p[order][ok.max()])
 
-    def _fit_models(self, X: np.ndarray, y: dict[str, np.ndarray]) -> dict:
+    def _design(self, X: np.ndarray, rec: np.ndarray, depth: np.ndarray, n_rec: int) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's rows and the recording of each: area rows (``mean``) or one row
+        per recording (``depth``: output-side area, deepest other area, mean of the others)."""
+        if self.aggregate == "mean":
+            return X, rec
+        out = np.zeros((n_rec, 3 * X.shape[1]))
+        for i in range(n_rec):
+            m = np.flatnonzero(rec == i)
+            order = m[np.argsort(depth[m], kind="stable")]
+            hidden = order[:-1] if len(order) > 1 else order
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a feature NaN in every area
+                mean = np.nanmean(X[hidden], axis=0)
+            out[i] = np.concatenate([X[order[-1]], X[hidden[-1]], mean])
+        return out, np.arange(n_rec)
+
+    def _fit_models(self, X: np.ndarray, y: dict[str, np.ndarray], targets: Sequence[str] = TARGETS) -> dict:
         dead = np.isnan(X).all(axis=0)
         if dead.any():  # a feature never defined in this training set (trees cannot bin it)
             X = X.copy()
             X[:, dead] = 0.0
         models = {}
-        for t in TARGETS:
+        for t in targets:
             seen = np.unique(y[t])
             if seen.size < 2:  # one class in this training set: a constant answer
                 models[t] = {"constant": str(seen[0])}
@@ -311,14 +347,15 @@ class RuleIdentifier(BaseEstimator):
         self._check_fitted()
         rec = np.asarray(rows.coords["recording"].values, dtype=int)
         n_rec = int(rec.max()) + 1 if rec.size else 0
-        X = _clean(rows.values, keep_nan=self.classifier == "hgb")
-        if X.shape[1] != self.n_features_in_:
-            raise ValueError(f"features have {X.shape[1]} columns: expected {self.n_features_in_}")
+        area_X = _clean(rows.values, keep_nan=self.classifier == "hgb")
+        if area_X.shape[1] != self.n_features_in_:
+            raise ValueError(f"features have {area_X.shape[1]} columns: expected {self.n_features_in_}")
+        X, rec = self._design(area_X, rec, rows.coords["depth"].values, n_rec)
         out = {}
         for t in TARGETS:
             z = self._logits(self.estimators_[t], X, rec, n_rec, t) / self.temperature_[t]
             out[t] = z - logsumexp(z, axis=1, keepdims=True)
-        return out, X, n_rec
+        return out, area_X, n_rec
 
     def predict_proba_features(self, rows: xr.DataArray) -> dict[str, np.ndarray]:
         logp, _, _ = self._calibrated_logp(rows)
@@ -335,7 +372,8 @@ class RuleIdentifier(BaseEstimator):
         n_rec = int(rec.max()) + 1 if rec.size else 0
         if p_rule is None:
             p_rule = self.predict_proba_features(rows)["rule"]
-        dist = self._distance(self.scaler_, self.neighbors_, _clean(rows.values), rec, n_rec)
+        X, rec = self._design(_clean(rows.values), rec, rows.coords["depth"].values, n_rec)
+        dist = self._distance(self.scaler_, self.neighbors_, X, rec, n_rec)
         p_dist = _conformal_p(dist, self.reference_distance_)
         p_conf = _conformal_p(1.0 - p_rule.max(axis=1), self.reference_uncertainty_)
         return np.clip(1.0 - np.minimum(1.0, 2.0 * np.minimum(p_dist, p_conf)), 0.0, 1.0)
@@ -367,13 +405,13 @@ class RuleIdentifier(BaseEstimator):
             summed = {t: logp[t].sum(axis=0, keepdims=True) for t in TARGETS}
             logp = {t: v - logsumexp(v, axis=1, keepdims=True) for t, v in summed.items()}
             unknown = np.array([float(unknown.mean())])
-            warnings = [f"{n_rec} recordings combined into one verdict (evidence summed)"] if n_rec > 1 else []
+            notes = [f"{n_rec} recordings combined into one verdict (evidence summed)"] if n_rec > 1 else []
             per_area = [[dict(a, area=f"recording {r}: {a['area']}") for r in range(n_rec) for a in per_area[r]]]
-            return [self._details(logp, 0, float(unknown[0]), per_area[0], warnings)]
+            return [self._details(logp, 0, float(unknown[0]), per_area[0], notes)]
         return [self._details(logp, i, float(unknown[i]), per_area[i], []) for i in range(n_rec)]
 
     def _area_rule_proba(self, X: np.ndarray) -> np.ndarray:
-        full = self._full_proba(self.estimators_["rule"], X, "rule")
+        full = self._full_proba(self.area_estimator_, X, "rule")
         return full / full.sum(axis=1, keepdims=True)
 
     def _as_dict(self, target: str, p: np.ndarray) -> dict[str, float]:

@@ -130,6 +130,9 @@ class _OOF:
         self.verdict = np.full(n, "", dtype=object)
         self.confusable = [[] for _ in range(n)]
         self.fold = np.full(n, -1)
+        # the network's rule was in its fold's training set (a rule never trained on cannot be
+        # named; recognising it as new is the open-set split's job)
+        self.eligible = np.zeros(n, bool)
         self.models: list[tuple[np.ndarray, RuleIdentifier]] = []
 
     @property
@@ -200,16 +203,21 @@ def run_split(rows, table, fold_of: np.ndarray, params: dict, classes, train_mas
             continue
         model = _fit(rows, table, train, params, extra)
         _predict_into(oof, model, rows, test, k)
+        oof.eligible[test] = np.isin(table["rule"].values[test], model.classes_["rule"])
         oof.models.append((test, model))
     return oof
 
 
 def split_metrics(oof: _OOF, table: xr.Dataset, name: str) -> dict:
-    """Balanced accuracies (learned headline, the rest apart) of one split."""
+    """Balanced accuracies (learned headline, the rest apart) of one split, over test networks
+    whose rule the fold's model was trained on."""
     out: dict = {}
     learned = np.asarray(table["learned"].values, bool)
+    missing = sorted(set(table["rule"].values[oof.seen & ~oof.eligible].tolist()))
+    if missing:
+        out[f"rules_untrained_{name}"] = missing
     for subset, mask in (("", learned), ("_not_learned", ~learned)):
-        m = oof.seen & mask
+        m = oof.seen & oof.eligible & mask
         for t in TARGETS:
             y = table[t].values[m].astype(str)
             pred = oof.classes[t][oof.proba[t][m].argmax(axis=1)] if m.any() else np.array([])
@@ -481,7 +489,7 @@ def evaluate(
     if any(s in splits for s in ("lofo_arch", "performance_matched", "controls", "grid")):
         arch = run_split(rows, table, table["arch_family"].values.astype(object), params, classes, progress=progress)
         metrics.update(split_metrics(arch, table, "lofo_arch"))
-        m = arch.seen & learned
+        m = arch.seen & arch.eligible & learned
         y = table["rule"].values[m].astype(str)
         p = arch.proba["rule"][m]
         if m.any():
@@ -525,7 +533,7 @@ def evaluate(
 
     if "performance_matched" in splits and arch is not None:
         traj = accuracy_trajectories(store, table)
-        ok = arch.seen & learned
+        ok = arch.seen & arch.eligible & learned
         w = matched_weights(traj, table["rule"].values, arch.fold, ok)
         y = table["rule"].values.astype(str)
         pred = classes["rule"][np.nan_to_num(arch.proba["rule"]).argmax(axis=1)]
@@ -684,7 +692,7 @@ def expected_accuracy_grid(
     ``noise``, ``rule_accuracy``, ``n`` and ``areas_full`` (the fraction of those networks
     whose every area had at least ``units`` units)."""
     learned = np.asarray(table["learned"].values, bool)
-    tested = np.flatnonzero(oof.seen & learned)
+    tested = np.flatnonzero(oof.seen & oof.eligible & learned)
     pick = _spread(tested, table["rule"].values, grid_networks, rng)
     recs = {int(i): store.recording(str(table["network"].values[i])) for i in pick}
     cells = []

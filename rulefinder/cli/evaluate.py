@@ -19,7 +19,7 @@ def evaluate_cmd(
         Optional[str],
         typer.Option(help="Comma-separated subset of: lofo_arch, lofo_task, lovo_variant, loro, lofo_family, grid, performance_matched, controls (default: all)."),
     ] = None,
-    classifier: Annotated[str, typer.Option(help="Area classifier: hgb or logreg.")] = "hgb",
+    classifier: Annotated[str, typer.Option(help="Classifier: logreg or hgb.")] = "logreg",
     feature_set: Annotated[str, typer.Option(help="'+'-joined feature sets: stats, change, structure.")] = "stats+change+structure",
     max_iter: Annotated[int, typer.Option(help="Boosting / solver iterations.")] = 100,
     grid_networks: Annotated[int, typer.Option(help="Held-out networks per virtual-experiment grid cell.")] = 60,
