@@ -10,7 +10,7 @@ returns the metrics. Splits (names in ``SPLITS``):
 * ``lofo_task``: leave-one-task-out.
 * ``lovo_variant``: fold k holds out variant k of every rule (only when the store has more
   than one variant; ``None`` otherwise).
-* ``loro``: leave-one-range-out for each per-shard hyperparameter in ``RANGE_HYPERPARAMETERS``:
+* ``loro``: leave-one-range-out for each per-shard hyperparameter in ``LORO_HYPERPARAMETERS``:
   shards are cut into ``RANGE_BINS`` bins by the value's quantiles, each fold holds out one
   bin (a range the training set never saw).
 * ``lofo_family``: open set. For family F the model is fitted on half of the other families'
@@ -51,7 +51,7 @@ from sklearn.model_selection import GroupKFold
 from tqdm.auto import tqdm
 
 from rulefinder.classify.cache import network_rows
-from rulefinder.classify.dataset import RANGE_HYPERPARAMETERS, network_table
+from rulefinder.classify.dataset import network_table
 from rulefinder.classify.estimator import TARGETS, RuleIdentifier
 from rulefinder.classify.features import area_feature_rows
 from rulefinder.features import canonical_grid
@@ -76,6 +76,8 @@ GRID_UNITS: tuple[int | str, ...] = (10, 30, 100, "all")
 GRID_SESSIONS: tuple[int, ...] = (3, 5, 10, 21)
 GRID_NOISE: tuple[str, ...] = ("none", "moderate", "high")
 RANGE_BINS = 3
+#: Per-shard hyperparameters held out by range (training length, batch size, input scale).
+LORO_HYPERPARAMETERS: tuple[str, ...] = ("epochs", "batch_size", "input_scale")
 ECE_BINS = 15
 
 
@@ -522,7 +524,7 @@ def evaluate(
             metrics["lovo_variant_note"] = f"store has one variant ({variants.tolist()}): split not defined"
 
     if "loro" in splits:
-        for hp in RANGE_HYPERPARAMETERS:
+        for hp in LORO_HYPERPARAMETERS:
             bins = shard_bins(table, hp)
             if (bins != "").any():
                 oof = run_split(rows, table, bins, params, classes, progress=progress)
