@@ -20,6 +20,7 @@ written to ``<out>/summary.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -236,18 +237,21 @@ class Pipeline:
             except ValueError as exc:
                 raise PipelineError(str(exc)) from None
         self.out.mkdir(parents=True, exist_ok=True)
-        connect_t0 = time.perf_counter()
-        self.cluster = connect(self.address, self.num_cpus)
-        connect_s = time.perf_counter() - connect_t0
         wanted = STAGES[: STAGES.index(self.until) + 1]
-        try:
-            self._timed("train", self._train)
-            if "features" in wanted:
-                self._timed("features", self._features)
-            else:
-                self.stages["features"].status = "skipped"
-        finally:
-            disconnect()
+        # Ray prints its own notices (a worker died, a task is retried) on stdout; they belong
+        # with the logs on stderr, so that stdout carries only the summary (``--json``).
+        with contextlib.redirect_stdout(sys.stderr):
+            connect_t0 = time.perf_counter()
+            self.cluster = connect(self.address, self.num_cpus)
+            connect_s = time.perf_counter() - connect_t0
+            try:
+                self._timed("train", self._train)
+                if "features" in wanted:
+                    self._timed("features", self._features)
+                else:
+                    self.stages["features"].status = "skipped"
+            finally:
+                disconnect()
         ctx = stages.StageContext(
             config=self.config, store_url=self.store_url, storage_options=self.storage_options,
             out=self.out, name=self.name, replace=self.replace, progress=self.progress,

@@ -174,8 +174,14 @@ def test_estimates_scale_with_the_cluster():
     assert "nothing was run" in format_estimate(cfg, one)
 
 
-@pytest.mark.parametrize("name", ["smoke", "default", "large"])
-def test_dry_run_cli_prints_the_estimate_and_runs_nothing(name, tmp_path):
+def test_smoke_and_default_are_sized_for_their_targets_on_two_cores():
+    two_cores = {"cpus": 2, "gpus": 0, "nodes": 1}
+    assert estimate(load_config("smoke"), two_cores).wall_s < 3 * 60
+    assert estimate(load_config("default"), two_cores).wall_s < 60 * 60
+
+
+def test_dry_run_cli_prints_the_estimate_and_runs_nothing(tmp_path):
+    name = "large"  # the other configs' estimates are checked in-process above
     out = subprocess.run(
         [sys.executable, "-m", "rulefinder", "pipeline", "run", name, "--dry-run", "--json",
          "--out", str(tmp_path / "o")],

@@ -33,8 +33,10 @@ RULEFINDER = [sys.executable, "-m", "rulefinder"]
 def _env(tmp: Path) -> dict:
     env = dict(os.environ)
     env.pop("RAY_ADDRESS", None)
+    # Token auth on every process (head, second node, driver): a node joining without it is
+    # refused by a head that enabled it on its own.
     env.update({"RULEFINDER_DATA_DIR": str(tmp / "data"), "OMP_NUM_THREADS": "1",
-                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)})
+                "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO), "RAY_AUTH_MODE": "token"})
     return env
 
 
@@ -113,12 +115,13 @@ def cluster(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ray")
     port = _free_port()
     env = _env(tmp)
-    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    common = ["--num-cpus=1", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+              f"--object-store-memory={100 * 1024**2}"]
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
-                       check=True, env=env, capture_output=True, timeout=300)
-        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", *common],
-                       check=True, env=env, capture_output=True, timeout=300)
+        for extra in (["--head", f"--port={port}", "--include-dashboard=false"], [f"--address=127.0.0.1:{port}"]):
+            started = subprocess.run([RAY, "start", *extra, *common], env=env, capture_output=True, text=True,
+                                     timeout=300)
+            assert started.returncode == 0, started.stderr[-3000:]
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, timeout=120)
