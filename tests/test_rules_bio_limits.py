@@ -64,7 +64,8 @@ def test_eqprop_approaches_the_fixed_point_gradient_as_beta_shrinks(residual):
     reference = fixed_point_gradient(net, x, y, steps)
     cosines = []
     for beta in (0.5, 0.05, 0.005):
-        rule = get_rule("equilibrium_propagation")(beta=beta, free_steps=steps, nudge_steps=steps, state_bound=None)
+        rule = get_rule("equilibrium_propagation")(beta=beta, free_steps=steps, nudge_steps=steps, state_bound=None,
+                                                   output="softmax_readout", init="feedforward")
         cosines.append(cosine(rule.step(net, {}, x, y), reference))
     assert cosines[-1] > 0.99, cosines
     assert cosines[-1] >= cosines[0] - 1e-9, cosines
@@ -72,7 +73,8 @@ def test_eqprop_approaches_the_fixed_point_gradient_as_beta_shrinks(residual):
 
 def test_eqprop_with_one_hidden_layer_approaches_feedforward_backprop():
     net, x, y = case([6, 10, 4], residual=False)
-    rule = get_rule("equilibrium_propagation")(beta=0.01, free_steps=5, nudge_steps=200, state_bound=None)
+    rule = get_rule("equilibrium_propagation")(beta=0.01, free_steps=5, nudge_steps=200, state_bound=None,
+                                               output="softmax_readout", init="feedforward")
     assert cosine(rule.step(net, {}, x, y), backprop(net, x, y)) > 0.999
 
 

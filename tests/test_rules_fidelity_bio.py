@@ -412,3 +412,187 @@ def test_forward_forward_predicts_from_the_second_hidden_layer_on():
         torch.testing.assert_close(scores[..., label], want)
     every = get_rule("forward_forward").from_variant("all_layers").predict(net, {}, x)
     assert not torch.allclose(every, scores)
+
+
+# ----------------------------------------------------------------------------- predictive coding, brainprop, backprop
+def ref_predictive_coding(rule, net, m, x, y):
+    one = OneNet(net, m)
+    xin = x.reshape(-1, *CNN_SHAPE) if one.cnn else x
+    n, gamma = one.n, rule.precision
+    target = F.one_hot(y, N_CLASSES).double()
+
+    def energy(values, ws, bs):
+        h, total = xin, 0.0
+        for layer in range(n):
+            mu = single_pre(one, layer, h, ws[layer], bs[layer])
+            if layer < n - 1:
+                total = total + 0.5 * ((values[layer] - mu) ** 2).sum()
+                h = h + one.f(values[layer]) if one.skip(layer) else one.f(values[layer])
+            elif rule.output_loss == "mse":
+                total = total + gamma * 0.5 * ((mu - target) ** 2).sum()
+            else:
+                total = total + gamma * F.cross_entropy(mu, y, reduction="sum")
+        return total
+
+    values, h = [], xin
+    for layer in range(n - 1):
+        a = single_pre(one, layer, h, one.ws[layer], one.bs[layer])
+        values.append(a.detach())
+        h = h + one.f(a) if one.skip(layer) else one.f(a)
+    for _ in range(rule.inference_steps):
+        leaves = [v.clone().requires_grad_(True) for v in values]
+        grads = torch.autograd.grad(energy(leaves, one.ws, one.bs), leaves)
+        values = [v - rule.inference_rate * gv for v, gv in zip(values, grads)]
+    wl = [w.clone().requires_grad_(True) for w in one.ws]
+    bl = [b.clone().requires_grad_(True) for b in one.bs]
+    grads = torch.autograd.grad(energy(values, wl, bl), [*wl, *bl])
+    return [g / (gamma * B) for g in grads[:n]], [g / (gamma * B) for g in grads[n:]]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", ["default", "mse_output", "short_inference"])
+def test_predictive_coding_matches_reference(family, variant):
+    net, x, y, g = make_case(family, activation="tanh")
+    rule = get_rule("predictive_coding").from_variant(variant, precision=0.7)
+    step = rule.step(net, rule.init_state(net, g), x, y)
+    assert_directions(step, [ref_predictive_coding(rule, net, m, x, y) for m in range(M)], variant)
+
+
+def ref_brainprop(rule, net, state, m, x, y, noise):
+    """The attention-gated update written as the hand-made backward pass of one network."""
+    one = OneNet(net, m)
+    fbs = [fb[m] for fb in state["feedback"]] if "feedback" in state else one.ws
+    dws = [torch.zeros_like(w) for w in one.ws]
+    dbs = [torch.zeros_like(b) for b in one.bs]
+    for b, (pres, posts) in enumerate(one.forward(x)):
+        q = posts[-1]
+        if noise[0][m, b] < rule.epsilon and rule.exploration == "uniform":
+            a = min(int(noise[1][m, b] * N_CLASSES), N_CLASSES - 1)
+        elif noise[0][m, b] < rule.epsilon:
+            cdf = torch.cumsum(torch.softmax(q / rule.temperature, 0), 0)
+            a = next((i for i in range(len(cdf)) if cdf[i] >= noise[1][m, b]), len(cdf) - 1)
+        else:
+            a = int(q.argmax())
+        rpe = float(a == int(y[b])) - float(q[a])
+        g = F.one_hot(torch.tensor(a), N_CLASSES).double()  # gated feedback at the output
+        for layer in range(one.n - 1, -1, -1):
+            if layer < one.n - 1:
+                g = one.df(pres[layer]) * arriving
+            h = posts[layer]
+            # the gradient of <g, pre(h)> in W and b: the gated Hebbian product of the layer
+            w = one.ws[layer].clone().requires_grad_(True)
+            bb = one.bs[layer].clone().requires_grad_(True)
+            gw, gb = torch.autograd.grad((g * one.pre(layer, h, w, bb).reshape(g.shape)).sum(), [w, bb])
+            dws[layer] -= rpe * gw / B
+            dbs[layer] -= rpe * gb / B
+            if layer > 0:
+                hl = h.clone().requires_grad_(True)
+                fb_pre = one.pre(layer, hl, fbs[layer], torch.zeros_like(one.bs[layer]))
+                (down,) = torch.autograd.grad((g * fb_pre.reshape(g.shape)).sum(), hl)
+                arriving = down + arriving if one.skip(layer) else down
+    return dws, dbs
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("variant", ["default", "uniform_exploration", "random_feedback"])
+def test_brainprop_matches_reference(family, variant):
+    net, x, y, g = make_case(family)
+    kwargs = {"feedback": "random"} if variant == "random_feedback" else {}
+    rule = get_rule("brainprop").from_variant("default" if variant == "random_feedback" else variant,
+                                              epsilon=0.5, **kwargs)
+    state = rule.init_state(net, g)
+    noise = rule.sample_noise(net, state, B)
+    step = rule.step_with_noise(net, state, x, y, noise)
+    assert_directions(step, [ref_brainprop(rule, net, state, m, x, y, noise) for m in range(M)], variant)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_backprop_sigmoid_mse_variant_matches_reference(family):
+    net, x, y, g = make_case(family, activation="tanh")
+    rule = get_rule("backprop").from_variant("sigmoid_mse")
+    step = rule.step(net, {}, x, y)
+    refs = []
+    for m in range(M):
+        one = OneNet(net, m)
+        wl = [w.clone().requires_grad_(True) for w in one.ws]
+        bl = [b.clone().requires_grad_(True) for b in one.bs]
+        total = 0.0
+        for xb, yb in zip(x, y):
+            h = xb.reshape(CNN_SHAPE) if one.cnn else xb
+            for layer in range(one.n):
+                a = one.pre(layer, h, wl[layer], bl[layer])
+                h = a if layer == one.n - 1 else (h + one.f(a) if one.skip(layer) else one.f(a))
+            total = total + 0.5 * ((torch.sigmoid(h) - F.one_hot(yb, N_CLASSES).double()) ** 2).sum() / B
+        grads = torch.autograd.grad(total, [*wl, *bl])
+        refs.append((grads[: one.n], grads[one.n :]))
+    assert_directions(step, refs)
+    assert rule.output_units == "sigmoid"
+
+
+def test_every_rule_here_has_documented_variants_and_every_architecture():
+    mine = ["backprop", "hebbian", "krotov_hopfield", "equilibrium_propagation", "predictive_coding",
+            "brainprop", "forward_forward"]
+    rules = all_rules()
+    for rid in mine:
+        cls = rules[rid]
+        assert set(cls.supports) == {"mlp", "resmlp", "cnn"}, rid
+        assert len(cls.variants) >= 3 and "default" in cls.variants, rid
+        for name, variant in cls.variants.items():
+            assert variant.description, (rid, name)
+            cls.from_variant(name)  # every variant constructs
+
+
+# ----------------------------------------------------------------------------- recorder: output units
+def recorded(rule, family="mlp"):
+    import numpy as np  # noqa: F401
+
+    from rulefinder.vocabulary import METADATA_KEYS
+    from training_zoo.recorder import Recorder
+
+    net, x, y, g = make_case(family, activation="tanh", init_scale=0.5)
+    net.weights = [w.float() for w in net.weights]
+    net.biases = [b.float() for b in net.biases]
+    state = rule.init_state(net, g)
+    rec = Recorder(net, x.float(), units_per_layer=3, seed=1)
+    for step in range(3):
+        rec.record(step, net, torch.zeros(M), torch.zeros(M), rule=rule, state=state)
+    meta = [{k: "x" for k in METADATA_KEYS} | {"hyperparameters": {}} for _ in range(M)]
+    return net, x.float(), state, rec, rec.records([f"n{i}" for i in range(M)], meta)
+
+
+def output_area(record):
+    import numpy as np
+
+    return record.recording.values[..., np.asarray(record.recording.coords["unit_area"].values == "output")]
+
+
+def test_recorder_records_energy_model_output_neurons_and_keeps_their_preactivations():
+    from training_zoo.recorder import with_output_preactivation
+
+    rule = get_rule("equilibrium_propagation")()
+    net, x, state, rec, records = recorded(rule)
+    pre, post = rule.forward(net, state, x)
+    for m, r in enumerate(records):
+        idx = rec.unit_index[-1][m]
+        assert r.recording.attrs["output_units"] == "energy_output"
+        assert r.metadata["output_units"] == "energy_output"
+        torch.testing.assert_close(torch.as_tensor(output_area(r)[-1]).float(), post[-1][m][:, idx])
+        swapped = with_output_preactivation(r)
+        torch.testing.assert_close(torch.as_tensor(output_area(swapped)[-1]).float(), pre[-1][m][:, idx],
+                                   rtol=1e-5, atol=1e-6)
+        assert swapped.recording.attrs["output_units"] == "preactivation"
+
+
+@pytest.mark.parametrize("variant,units", [("default", "logits"), ("softmax_units", "softmax"),
+                                           ("sigmoid_mse", "sigmoid")])
+@pytest.mark.parametrize("family", ["mlp", "cnn"])
+def test_recorder_records_what_the_output_units_are(variant, units, family):
+    rule = get_rule("backprop").from_variant(variant)
+    net, x, state, rec, records = recorded(rule, family)
+    z = net.forward(x)[1][-1]
+    act = {"logits": z, "softmax": torch.softmax(z, -1), "sigmoid": torch.sigmoid(z)}[units]
+    for m, r in enumerate(records):
+        idx = rec.unit_index[-1][m]
+        assert r.recording.attrs["output_units"] == units
+        torch.testing.assert_close(torch.as_tensor(output_area(r)[-1]).float(), act[m][:, idx])
+        assert ("output_preactivation" in r.extras) == (units != "logits")

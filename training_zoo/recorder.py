@@ -10,6 +10,15 @@ layer l (hidden layers ``layer1 ... layer{L-1}`` and the logits ``output``):
       change_t = ||H_t - H_{t-1}||_F / (||H_{t-1}||_F + eps)     (0 at the first checkpoint)
 - the train loss (on a fixed training subset) and the test accuracy.
 
+The ``output`` area holds what the implementation's output units ARE, which differs between
+implementations: ``logits`` (a linear readout), ``softmax`` or ``sigmoid`` units, or the
+``energy_output`` neurons of an energy-based model (EqProp's free fixed point). A rule says
+which by its optional ``output_units`` attribute (default ``logits``); the recording's attrs
+and the record's metadata carry it as ``output_units``. The output units' pre-activations
+(``W_L h_{L-1} + b_L``, same sampled units) are kept as well: in the record's extras
+(``output_preactivation``, when they differ from the recorded output), so that a model can be
+trained on either (:func:`with_output_preactivation` swaps them into the ``output`` area).
+
 :meth:`Recorder.records` turns that into one :class:`rulefinder.network_record.NetworkRecord`
 per network: checkpoints are sessions (``session_time`` = step), layers are areas
 (``area_order`` input -> output), probes are stimuli, test accuracy is ``performance``.
@@ -26,6 +35,24 @@ from rulefinder.recording import make_recording
 from training_zoo.architectures import unit_view
 
 WEIGHT_STATS = ("mean", "std", "abs_mean", "fro_norm", "max_abs")
+OUTPUT_UNITS = ("logits", "softmax", "sigmoid", "energy_output")
+
+
+def output_units_of(rule) -> str:
+    """What ``rule``'s network output units are (``logits`` unless the rule says otherwise)."""
+    units = getattr(rule, "output_units", "logits") if rule is not None else "logits"
+    if units not in OUTPUT_UNITS:
+        raise ValueError(f"rule {getattr(rule, 'id', rule)!r}: output_units {units!r} is not one of {OUTPUT_UNITS}")
+    return units
+
+
+def output_activity(units: str, out: torch.Tensor) -> torch.Tensor:
+    """The output units' activity from the network's last ``post`` entry."""
+    if units == "softmax":
+        return torch.softmax(out, -1)
+    if units == "sigmoid":
+        return torch.sigmoid(out)
+    return out  # logits, or the energy model's output neurons (already its state)
 
 
 def layer_names(n_layers: int) -> list[str]:
@@ -52,6 +79,8 @@ class Recorder:
         self.activity_change: list[np.ndarray] = []  # (M, L)
         self.train_loss: list[np.ndarray] = []
         self.test_accuracy: list[np.ndarray] = []
+        self.output_pre: list[np.ndarray] = []  # per checkpoint: (M, K, U_out) pre-activations
+        self.output_units = "logits"
         self._previous: list[torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -60,10 +89,14 @@ class Recorder:
         """Record one checkpoint. A rule with its own forward pass (the optional
         ``rule.forward(net, state, x)`` hook, e.g. EqProp's fixed point) is recorded through it."""
         if rule is not None and hasattr(rule, "forward"):
-            _, post = rule.forward(net, state, self.probes)
+            pre, post = rule.forward(net, state, self.probes)
         else:
-            _, post = net.forward(self.probes)
+            pre, post = net.forward(self.probes)
+        self.output_units = output_units_of(rule)
+        post = [*post[:-1], output_activity(self.output_units, post[-1])]
         layers = [unit_view(net, h).float() for h in post[1:]]
+        out_idx = self.unit_index[-1].unsqueeze(1).expand(-1, pre[-1].shape[1], -1)
+        self.output_pre.append(torch.gather(unit_view(net, pre[-1]).float(), 2, out_idx).cpu().numpy())
         sampled, change = [], []
         for layer, h in enumerate(layers):
             idx = self.unit_index[layer].unsqueeze(1).expand(-1, h.shape[1], -1)
@@ -118,12 +151,14 @@ class Recorder:
         areas, labels = self.unit_labels()
         steps = np.asarray(self.steps, dtype=float)
         k = resp.shape[2]
+        out_pre = np.stack(self.output_pre, 1)  # (M, C, K, U_out)
+        n_out = out_pre.shape[-1]
         out = []
         for i in range(self.m):
             rec = make_recording(
                 resp[i], session_time=steps, unit_area=areas, stimulus=np.arange(k),
                 performance=acc[i], area_order=self.names, unit=labels,
-                source=network_ids[i], attrs={"network_id": network_ids[i]},
+                source=network_ids[i], attrs={"network_id": network_ids[i], "output_units": self.output_units},
             )
             ckpt = {"checkpoint": np.arange(len(steps)), "step": ("checkpoint", steps)}
             ws = xr.DataArray(wstats[i], dims=("checkpoint", "layer", "weight_stat"),
@@ -131,6 +166,30 @@ class Recorder:
             ac = xr.DataArray(change[i], dims=("checkpoint", "layer"), coords={**ckpt, "layer": self.names})
             tl = xr.DataArray(loss[i], dims=("checkpoint",), coords=ckpt)
             extras = {"diverged_step": int(dstep[i])} if div[i] else {}
-            out.append(NetworkRecord(network_ids[i], rec, dict(metadata[i]), ws, ac, tl,
+            if not np.array_equal(out_pre[i], resp[i][..., -n_out:]):
+                extras["output_preactivation"] = {
+                    "dims": ["session", "stimulus", "unit"],
+                    "data": np.round(out_pre[i].astype(np.float64), 6).tolist(),
+                }
+            meta = {**dict(metadata[i]), "output_units": self.output_units}
+            out.append(NetworkRecord(network_ids[i], rec, meta, ws, ac, tl,
                                      diverged=bool(div[i]), extras=extras))
         return out
+
+
+def with_output_preactivation(record: NetworkRecord) -> NetworkRecord:
+    """The record with its ``output`` area holding the output units' pre-activations instead
+    of their activity (the same record when they are the same, e.g. for logits)."""
+    pre = record.extras.get("output_preactivation")
+    if pre is None:
+        return record
+    data = np.asarray(pre["data"], dtype=record.recording.dtype)
+    rec = record.recording.copy()
+    is_out = np.asarray(rec.coords["unit_area"].values == "output")
+    values = rec.values.copy()
+    values[..., is_out] = data
+    rec = rec.copy(data=values)
+    rec.attrs = {**rec.attrs, "output_units": "preactivation"}
+    return NetworkRecord(record.network_id, rec, {**record.metadata, "output_units": "preactivation"},
+                         record.weight_stats, record.activity_change, record.train_loss,
+                         diverged=record.diverged, extras=record.extras)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from training_zoo.rules.base import RuleStep, StochasticRule
+import math
+
+from training_zoo.architectures import functional_forward
+from training_zoo.rules.backprop import leaves
+from training_zoo.rules.base import RuleStep, StochasticRule, Variant
 from training_zoo.dense import per_example_ce
 from training_zoo.rules.node_perturbation import child_generator
 from training_zoo.rules.registry import register
@@ -39,17 +43,37 @@ class BrainProp(StochasticRule):
 
     (descent directions). With symmetric feedback the expected update is the gradient of
     :math:`\tfrac12\,\mathbb E_a[(r-Q_a)^2]`. Test accuracy is the argmax of Q (the logits).
+
+    Computed, for every architecture (``cnn`` included), as autograd of
+    :math:`-\frac1B\sum_b \delta_b\,Q_{b,a_b}` (RPE held fixed) through the network with the
+    feedback weights in the backward pass, which is exactly the gated product above.
+    Variants: ``boltzmann`` (every action drawn from the Boltzmann distribution, no greedy
+    choice) and ``uniform_exploration`` (exploratory actions uniform over the classes,
+    ``exploration="uniform"``). ``feedback="random"`` (fixed random feedback) is available but
+    not a variant: it does not learn on digits in the zoo's training lengths.
     """
 
     id = "brainprop"
     family = "reinforcement"
     reference = "Pozzi, Bohte & Roelfsema 2020, NeurIPS (Attention-gated brain propagation)"
     description = "BrainProp: action selection, reward-prediction error, attention-gated feedback from the chosen output"
-    supports = ("mlp", "resmlp")
+    supports = ("mlp", "resmlp", "cnn")
+    variants = {
+        "default": Variant("Symmetric feedback (kept equal to the forward weights by the same local rule), "
+                           "epsilon-greedy action selection with Boltzmann exploration."),
+        "boltzmann": Variant("Every action drawn from the Boltzmann distribution softmax(Q/T).",
+                             {"epsilon": 1.0}),
+        "uniform_exploration": Variant("Textbook epsilon-greedy: exploratory actions drawn uniformly.",
+                                       {"exploration": "uniform"}),
+    }
 
-    def __init__(self, epsilon: float = 0.05, temperature: float = 1.0, feedback: str = "symmetric"):
+    def __init__(self, epsilon: float = 0.05, temperature: float = 1.0, feedback: str = "symmetric",
+                 exploration: str = "boltzmann"):
         if feedback not in ("symmetric", "random"):
             raise ValueError("feedback must be 'symmetric' or 'random'")
+        if exploration not in ("boltzmann", "uniform"):
+            raise ValueError(f"exploration must be 'boltzmann' or 'uniform', got {exploration!r}")
+        self.exploration = exploration
         self.epsilon = float(epsilon)
         self.temperature = float(temperature)
         self.feedback = feedback
@@ -60,7 +84,8 @@ class BrainProp(StochasticRule):
             from training_zoo.dense import init_weight
 
             state["feedback"] = [
-                init_weight(net.m, w.shape[1], w.shape[2], "default", 1.0, generator).to(w)
+                init_weight(net.m, w.shape[1], math.prod(w.shape[2:]), "default", 1.0, generator)
+                .reshape(w.shape).to(w)
                 for w in net.weights
             ]
         return state
@@ -73,35 +98,35 @@ class BrainProp(StochasticRule):
         return u[0], u[1]
 
     @staticmethod
-    def select_actions(q: torch.Tensor, noise, epsilon: float, temperature: float) -> torch.Tensor:
+    def select_actions(q: torch.Tensor, noise, epsilon: float, temperature: float,
+                       exploration: str = "boltzmann") -> torch.Tensor:
         u_explore, u_draw = noise
         greedy = q.argmax(-1)
+        if exploration == "uniform":
+            drawn = (u_draw * q.shape[-1]).long().clamp(max=q.shape[-1] - 1)
+            return torch.where(u_explore < epsilon, drawn, greedy)
         cdf = torch.softmax(q / temperature, dim=-1).cumsum(-1)
         drawn = (cdf < u_draw.unsqueeze(-1)).sum(-1).clamp(max=q.shape[-1] - 1)
         return torch.where(u_explore < epsilon, drawn, greedy)
 
+    def step(self, net, state, x, y):
+        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[0]))
+
     def step_with_noise(self, net, state, x, y, noise):
-        x = net.broadcast_input(x)
-        pre, post = net.forward(x)
-        q = post[-1]
-        m, b, c = q.shape
-        yy = y.unsqueeze(0).expand(m, -1) if y.dim() == 1 else y
-        action = self.select_actions(q.detach(), noise, self.epsilon, self.temperature)
-        tag = torch.nn.functional.one_hot(action, c).to(q.dtype)  # attention on the chosen unit
-        reward = (action == yy).to(q.dtype)
-        rpe = reward - (q * tag).sum(-1)  # (M, B)
-        fb = state.get("feedback", net.weights)
-        g = tag
-        dws, dbs = [None] * net.n_layers, [None] * net.n_layers
-        arriving = None  # feedback arriving at h_l
-        for layer in range(net.n_layers - 1, -1, -1):
-            if layer < net.n_layers - 1:
-                g = net.activation.df(pre[layer]) * arriving
-            e = g * (-rpe / b).unsqueeze(-1)
-            dws[layer] = torch.bmm(e.transpose(1, 2), post[layer])
-            dbs[layer] = e.sum(1)
-            if layer > 0:
-                down = torch.bmm(g, fb[layer])
-                arriving = down + arriving if net.is_skip(layer) else down
-        loss = per_example_ce(q, y).mean(1)
-        return RuleStep(weights=dws, biases=dbs, loss=loss, extras={"reward": reward.mean(1)})
+        ws, bs = leaves(net)
+        feedback = state.get("feedback")
+        with torch.enable_grad():
+            _, post = functional_forward(net, x, ws, bs, feedback)
+            q = post[-1]
+            m, b, c = q.shape
+            yy = y.unsqueeze(0).expand(m, -1) if y.dim() == 1 else y
+            action = self.select_actions(q.detach(), noise, self.epsilon, self.temperature, self.exploration)
+            tag = torch.nn.functional.one_hot(action, c).to(q.dtype)  # attention on the chosen unit
+            reward = (action == yy).to(q.dtype)
+            q_a = (q * tag).sum(-1)
+            rpe = reward - q_a.detach()  # (M, B)
+            grads = torch.autograd.grad(-(rpe * q_a).sum() / b, [*ws, *bs])
+        n = net.n_layers
+        loss = per_example_ce(q.detach(), y).mean(1)
+        return RuleStep(weights=list(grads[:n]), biases=list(grads[n:]), loss=loss,
+                        extras={"reward": reward.mean(1)})

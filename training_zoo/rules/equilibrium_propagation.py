@@ -68,7 +68,7 @@ class HopfieldRelaxation:
     ``W^T`` is the transposed convolution for conv layers (:func:`transpose_drive`).
     """
 
-    def __init__(self, bound: float | None, output_in_energy: bool):
+    def __init__(self, bound: float | None, output_in_energy: bool = False):
         self.bound = bound
         self.output_in_energy = output_in_energy
 
