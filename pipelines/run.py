@@ -45,7 +45,7 @@ class StageReport:
     name: str
     budget_s: float
     seconds: float = 0.0
-    status: str = "pending"  # done | failed | skipped (disabled) | not run (an earlier stage failed)
+    status: str = "pending"  # done | partial (some shards failed for good) | failed | skipped | not run
     detail: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -170,7 +170,7 @@ class Pipeline:
             "diverged": sum(r["diverged"] for r in results), "device": device,
             "task_seconds": round(sum(r["seconds"] for r in results), 3),
         }
-        rep.status = "done" if not failed else "failed"
+        rep.status = "done" if not failed else "partial"  # the rest finished; failures by id in `failed`
 
     # --------------------------------------------------------------- features
     def _features(self) -> None:
@@ -211,7 +211,7 @@ class Pipeline:
             "recordings": sum(r["recordings"] for r in results),
             "task_seconds": round(sum(r["seconds"] for r in results), 3),
         }
-        rep.status = "done" if not failed else "failed"
+        rep.status = "done" if not failed else "partial"  # the rest finished; failures by id in `failed`
 
     # ------------------------------------------------------------------- run
     def _timed(self, name: str, fn) -> None:
