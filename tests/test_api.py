@@ -203,3 +203,42 @@ def test_keys_cli(tmp_path, monkeypatch):
     assert run(app, ["keys", "revoke", "lab1"]).exit_code == 2
     bad = run(app, ["serve", "--host", "0.0.0.0"], env={"RULEFINDER_AUTH": "off", "RULEFINDER_DATA_DIR": str(tmp_path)})
     assert bad.exit_code == 2 and "loopback" in bad.output
+
+
+@pytest.mark.slow
+def test_serving_never_imports_torch_or_training_zoo(tmp_path):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    data_dir_with_model(tmp_path)
+    script = textwrap.dedent(
+        """
+        import sys, time
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "training_zoo", "ray", "pipelines"):
+                    raise ImportError(f"{name} is blocked: serving must not import it")
+        sys.meta_path.insert(0, Block())
+        from pathlib import Path
+        from fastapi.testclient import TestClient
+        from api.app import create_app
+        from rulefinder.settings import Settings
+        with TestClient(create_app(Settings(data_dir=Path(sys.argv[1])))) as c:
+            assert c.get("/v1/rules").status_code == 200
+            with open("examples/mlp_backprop.npz", "rb") as f:
+                rid = c.post("/v1/recordings", files=[("files", ("a.npz", f.read(), "x"))]).json()["id"]
+            pid = c.post("/v1/predictions", json={"recording_ids": [rid]}).json()["id"]
+            for _ in range(10):
+                job = c.get(f"/v1/predictions/{pid}", params={"wait": 30}).json()
+                if job["status"] in ("succeeded", "failed"):
+                    break
+            assert job["status"] == "succeeded", job
+        assert "torch" not in sys.modules and "training_zoo" not in sys.modules
+        print("ok")
+        """
+    )
+    repo = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
