@@ -350,7 +350,8 @@ def ref_forward_forward(rule, net, m, x, y, noise):
         return out.reshape(CNN_SHAPE) if one.cnn else out
 
     def unit(h):
-        return h / (h.reshape(-1).norm() + rule.eps)
+        size = h.reshape(-1).norm() / (h.numel() ** 0.5 if rule.norm == "rms" else 1.0)
+        return h / (size + rule.eps)
 
     def run(inp, ws, bs):
         h, branches = inp, []
@@ -379,7 +380,7 @@ def ref_forward_forward(rule, net, m, x, y, noise):
 
 
 @pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("variant", ["default", "sum_goodness"])
+@pytest.mark.parametrize("variant", ["default", "sum_goodness", "rms_norm"])
 def test_forward_forward_matches_reference(family, variant):
     net, x, y, g = make_case(family)
     rule = get_rule("forward_forward").from_variant(variant, threshold=0.05)

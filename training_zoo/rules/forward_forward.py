@@ -40,6 +40,7 @@ class ForwardForward(StochasticRule):
     2022: the length carries the previous layer's goodness, the orientation is passed on):
     :math:`r_l = f(W_l \hat h_{l-1} + b_l)`, :math:`h_l = r_l` (``resmlp`` skip:
     :math:`h_l = \hat h_{l-1} + r_l`; ``cnn``: the norm over all units of the feature map).
+    ``norm="rms"``: unit root-mean-square instead (length :math:`\sqrt n`).
 
     Objective per hidden layer, goodness :math:`G_l = \mathrm{mean}_i\, r_{l,i}^2` of the
     layer's own branch (``goodness="sum"``: :math:`\sum_i r_{l,i}^2` against
@@ -70,6 +71,9 @@ class ForwardForward(StochasticRule):
         "all_layers": Variant("Prediction summing goodness over every hidden layer, as in the widely used "
                               "PyTorch reimplementation (mohammadpz/pytorch_forward_forward).",
                               {"predict_from": 0}),
+        "rms_norm": Variant("Every layer's input normalised to unit RMS and goodness as the sum of squares "
+                            "against the layer width (loeweX/Forward-Forward's PyTorch implementation).",
+                            {"norm": "rms", "goodness": "sum", "threshold": 1.0}),
         "sum_goodness": Variant("Goodness as the sum of squares against a threshold scaled by the layer "
                                 "width (the paper's formula p = sigma(sum_j y_j^2 - theta)).",
                                 {"goodness": "sum"}),
@@ -78,9 +82,12 @@ class ForwardForward(StochasticRule):
     BOUNDED = ("tanh", "sigmoid", "hardtanh")
 
     def __init__(self, threshold: float | None = None, label_scale: float = 3.0, eps: float = 1e-4,
-                 goodness: str = "mean", predict_from: int = 1):
+                 goodness: str = "mean", predict_from: int = 1, norm: str = "length"):
         if goodness not in ("mean", "sum"):
             raise ValueError(f"goodness must be 'mean' or 'sum', got {goodness!r}")
+        if norm not in ("length", "rms"):
+            raise ValueError(f"norm must be 'length' or 'rms', got {norm!r}")
+        self.norm = norm
         self.threshold = None if threshold is None else float(threshold)
         self.label_scale = float(label_scale)
         self.eps = float(eps)
@@ -109,9 +116,12 @@ class ForwardForward(StochasticRule):
         return out
 
     def normalise(self, net, h: torch.Tensor) -> torch.Tensor:
-        """Unit length per example and network (over all units of a conv feature map)."""
+        """Unit length (or unit RMS) per example and network (over all units of a conv feature map)."""
         u = to_units(net, h)
-        return like(net, u / (u.norm(dim=-1, keepdim=True) + self.eps), h)
+        size = u.norm(dim=-1, keepdim=True)
+        if self.norm == "rms":
+            size = size / u.shape[-1] ** 0.5
+        return like(net, u / (size + self.eps), h)
 
     def goodness_of(self, net, r: torch.Tensor) -> torch.Tensor:
         u = to_units(net, r) ** 2
