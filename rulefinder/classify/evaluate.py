@@ -350,14 +350,15 @@ def _figures(out: Path, figs: dict, grid=(GRID_UNITS, GRID_SESSIONS, GRID_NOISE)
     names = []
     if "confusion" in figs:
         classes, cm = figs["confusion"]
-        fig, ax = plt.subplots(figsize=(1 + 0.45 * len(classes), 1 + 0.4 * len(classes)))
+        size = max(5.5, 2.5 + 0.4 * len(classes))
+        fig, ax = plt.subplots(figsize=(size, size))
         norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
         ax.imshow(norm, vmin=0, vmax=1, cmap="viridis")
         ax.set_xticks(range(len(classes)), classes, rotation=90, fontsize=7)
         ax.set_yticks(range(len(classes)), classes, fontsize=7)
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title("rule, leave-one-arch-family-out (learned)")
+        ax.set_title("rule, lofo arch (learned)", fontsize=9)
         fig.tight_layout()
         fig.savefig(out / "confusion_rule_lofo_arch.png", dpi=110)
         plt.close(fig)
