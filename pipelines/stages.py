@@ -87,8 +87,9 @@ def evaluate(ctx: StageContext) -> dict:
     cfg = ctx.config.evaluate
     out_dir = ctx.out / "evaluation"
     splits = list(cfg.splits) if cfg.splits is not None else [*evaluation.HEADLINE_SPLITS, "grid"]
+    options = {"cache_dir": str(ctx.out / "feature-cache"), **cfg.options}  # a resumed run reuses rows
     metrics = evaluation.evaluate(ctx.store_url, out_dir, splits=splits, params=dict(ctx.config.fit.params),
-                                  progress=ctx.progress, **cfg.options)
+                                  progress=ctx.progress, **options)
     ctx.state["metrics"] = metrics
     headline = {k: v for k, v in metrics.items() if k.startswith(("rule_bacc", "open_set", "control"))
                 and not isinstance(v, (dict, list))}
