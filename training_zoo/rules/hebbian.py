@@ -166,9 +166,18 @@ class Hebbian(CompetitiveHebbian):
     units far from the unit sphere learn fast and converged units stop. The descent
     direction is :math:`-\eta_k\,\Delta w_k/\max|\Delta W|`, the optimizer's rate on top.
 
-    Hidden layers have no biases; after the unsupervised phase (one epoch of about 2000
-    examples by default, as Journé et al. train SoftHebb layers for one epoch) a linear
-    readout is trained on the frozen features (see :class:`CompetitiveHebbian`).
+    Hidden layers have no biases of their own; each layer's input is centred on its running
+    mean, the mean-subtracting part of the batch normalisation in front of every SoftHebb
+    layer, folded into the bias (``centre="all"``; see :class:`CompetitiveHebbian`). The
+    zoo's forward pass keeps its own activation (SoftHebb's triangle activation and pooling
+    are not part of the zoo's architectures). After the unsupervised phase (about 2000
+    examples by default, about one epoch of digits, as Journé et al. train SoftHebb layers for
+    one epoch) a linear readout is trained on the frozen features.
+
+    Default temperature :math:`\tau = 0.1` (``t_invert`` 10): with the zoo's input scales the
+    currents are O(1), and :math:`\tau = 1` leaves the competition too soft to form
+    prototypes within the zoo's training lengths (digits, 2 x 32 relu: 0.82 vs 0.95 test
+    accuracy, the readout-only baseline 0.81).
 
     ``form="centred"`` (variant ``centred``) is this project's earlier form: inputs
     centred on a running mean and normalised, cosine competition with a target norm, a step
