@@ -39,10 +39,14 @@ class KrotovHopfield(CompetitiveHebbian):
     :class:`training_zoo.rules.hebbian.CompetitiveHebbian`; the paper trains it by gradient
     descent, here with the cross-entropy of the zoo's linear readout).
 
-    The paper has one hidden layer; deeper layers here see their (rectified, all-positive)
-    input centred on its running mean, folded into the bias (``centre="above_first"``, see
-    :class:`~training_zoo.rules.hebbian.CompetitiveHebbian`); ``centre="none"`` is the bare
-    rule at every depth, whose deeper layers collapse onto the input mean.
+    Input centring (``centre="all"``, see
+    :class:`~training_zoo.rules.hebbian.CompetitiveHebbian`): every layer's input is centred on
+    its running mean, folded into the bias. The paper has one hidden layer on raw pixels; here
+    deeper layers see rectified, all-positive inputs on which the competition collapses onto
+    their mean, and the zoo's small widths (32 units rather than 2000) leave too few
+    prototypes on uncentred data (digits, 2 x 32 relu, 5 epochs: 0.10-0.24 test accuracy
+    with ``centre="none"``, 0.90 centred; the readout-only baseline 0.81).
+    ``centre="none"`` is the bare rule.
 
     Defaults are the authors' MNIST code: :math:`p = 3`, ``rank`` k = 7, :math:`\Delta = 0.4`.
     """
