@@ -153,6 +153,7 @@ def test_run_shard_flags_learned_and_the_store_lists_it(tmp_path, monkeypatch):
     store.write_shard(records, "s0")
     listing = ZooStore.open(str(tmp_path / "zoo.zarr")).networks()
     assert listing["learned"].values.tolist() == flags
+    np.testing.assert_allclose(listing["learned_threshold"].values, 0.55)
     assert listing["variant"].values.tolist() == ["default"] * 4
     assert ZooStore.open(str(tmp_path / "zoo.zarr")).select(learned=True) == [
         r.network_id for r, f in zip(records, flags) if f]
@@ -175,3 +176,4 @@ def test_stores_written_before_variant_and_learned_read_as_default_and_false(tmp
     listing = ZooStore.open(url).networks()
     assert listing["variant"].values.tolist() == ["default"] * 3
     assert listing["learned"].values.tolist() == [False] * 3
+    assert np.isnan(listing["learned_threshold"].values).all()

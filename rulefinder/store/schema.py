@@ -10,6 +10,7 @@ Layout (documented for users in ``docs/store.md``)::
           rule, family, variant, optimizer, architecture, arch_family, task  (network,)  str
           seed         (network,)                                     int64
           learned      (network,)                                     bool (see docs/store.md)
+          learned_threshold (network,)                                float64: its bar (NaN: none known)
           hyperparameters, metadata_json, extras_json, recording_attrs_json (network,)  str (JSON)
           diverged     (network,)                                     bool
           n_checkpoints, n_stimuli, n_units, n_areas, n_layers, n_aux_checkpoints (network,) int32
@@ -71,7 +72,8 @@ COUNT_FIELDS = (
     "n_aux_checkpoints",
 )
 TABLE_FIELDS = (
-    ("network_id",) + STRING_METADATA + ("seed",) + JSON_FIELDS + ("diverged", "learned") + COUNT_FIELDS
+    ("network_id",) + STRING_METADATA + ("seed",) + JSON_FIELDS + ("diverged", "learned", "learned_threshold")
+    + COUNT_FIELDS
 )
 # The listing (``ZooStore.networks()``): kept twice, as arrays and as the shard group's
 # ``networks`` attribute, so that listing a store reads group metadata only (one object per
@@ -79,7 +81,7 @@ TABLE_FIELDS = (
 LISTING_FIELDS = (
     ("network_id",)
     + STRING_METADATA
-    + ("seed", "hyperparameters", "diverged", "learned")
+    + ("seed", "hyperparameters", "diverged", "learned", "learned_threshold")
     + COUNT_FIELDS
     + ("final_accuracy",)
 )
@@ -179,6 +181,10 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         "diverged": np.array([bool(r.diverged) for r in records], dtype=bool),
         # The zoo's judgement (training_zoo.baselines.learned); absent or unknown (null): False.
         "learned": np.array([bool(r.metadata.get("learned")) for r in records], dtype=bool),
+        "learned_threshold": np.array(
+            [np.nan if r.metadata.get("learned_threshold") is None else float(r.metadata["learned_threshold"])
+             for r in records], dtype=np.float64,
+        ),
         "hyperparameters": np.array(
             [to_json(r.metadata.get("hyperparameters", {})) for r in records], dtype=object
         ),
@@ -299,7 +305,9 @@ def encode_shard(records: Sequence[NetworkRecord]) -> ShardArrays:
         for i, c in enumerate(table["n_checkpoints"].tolist())
     ]
     listing = {
-        name: (final if name == "final_accuracy" else _jsonable(table[name].tolist()))
+        name: (final if name == "final_accuracy"
+               else [None if np.isnan(v) else float(v) for v in table[name]] if name == "learned_threshold"
+               else _jsonable(table[name].tolist()))
         for name in LISTING_FIELDS
     }
     return ShardArrays(

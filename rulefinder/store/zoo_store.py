@@ -104,7 +104,7 @@ def _empty(name: str, n: int) -> np.ndarray:
         return np.zeros(n, dtype=np.int32)
     if name in ("seed", "index"):
         return np.full(n, -1, dtype=np.int64)
-    if name == "final_accuracy":
+    if name in ("final_accuracy", "learned_threshold"):  # learned_threshold NaN: no bar known
         return np.full(n, np.nan)
     return np.full(n, "", dtype=str)
 
@@ -372,7 +372,7 @@ class ZooStore:
             values = listing.get(name)
             if values is None or len(values) != n:
                 out[name] = _empty(name, n)
-            elif name == "final_accuracy":
+            elif name in ("final_accuracy", "learned_threshold"):
                 out[name] = np.array([np.nan if v is None else v for v in values], dtype=np.float64)
             else:
                 kind = _empty(name, 0).dtype
@@ -391,7 +391,8 @@ class ZooStore:
         Variables: ``shard``, ``index`` (position in the shard), ``complete``, the metadata
         strings (``rule``, ``family``, ``variant``, ``optimizer``, ``architecture``,
         ``arch_family``, ``task``), ``seed``, ``hyperparameters`` (JSON), ``diverged``,
-        ``learned`` (docs/store.md), the ``n_*`` counts and ``final_accuracy``. Incomplete networks are listed too (``complete`` False). Reads
+        ``learned`` and ``learned_threshold`` (docs/store.md; NaN where no bar is known, so
+        ``learned`` False there says nothing), the ``n_*`` counts and ``final_accuracy``. Incomplete networks are listed too (``complete`` False). Reads
         group metadata and the ``complete`` flags only.
         """
         if self._table is not None:
