@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import time
+import zlib
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +106,12 @@ def shard_features(
     store = _store if _store is not None else ZooStore.open(store_url, storage_options=storage_options)
     ids = store.select(shard=shard_id, include_diverged=bool(settings.get("include_diverged", False)))
     if ids:
+        # zoo_dataset seeds draws by the network's position in ``ids``; offset each experiment's
+        # seed by the shard, so that the first networks of two shards do not share draws.
+        salt = zlib.crc32(shard_id.encode()) * 1000
+        experiments = [{**e, "seed": int(e.get("seed", 0)) * 2**32 + salt} for e in settings.get("virtual", [])]
         recs, labels = zoo_dataset(
-            store, networks=ids, experiments=settings.get("virtual", []),
+            store, networks=ids, experiments=experiments,
             n_draws=int(settings.get("n_draws", 1)), include_plain=bool(settings.get("include_recorded", True)),
             include_diverged=bool(settings.get("include_diverged", False)),
         )
