@@ -128,6 +128,18 @@ def test_skops_round_trip_with_trusted_types(fitted, data):
     np.testing.assert_allclose(again.predict_proba(recs[:3])["rule"], fitted.predict_proba(recs[:3])["rule"])
 
 
+def test_area_votes_and_trees(data):
+    recs, labels = data
+    y = label_dict(labels)
+    votes = RuleIdentifier(aggregate="mean", calibration_folds=0, feature_set="stats").fit(recs, y)
+    trees = RuleIdentifier(classifier="hgb", max_iter=3, calibration_folds=0, feature_set="stats").fit(recs, y)
+    for model in (votes, trees):
+        d = model.predict_details(recs[:2])
+        assert len(d) == 2 and abs(sum(d[0]["rule_probabilities"].values()) - 1) < 1e-9
+    with pytest.raises(ValueError, match="aggregate is 'max'"):
+        RuleIdentifier(aggregate="max").fit(recs[:4], {t: labels[t].values[:4] for t in TARGETS})
+
+
 def test_bad_labels_are_named(data):
     recs, labels = data
     with pytest.raises(ValueError, match="lacks \\['optimizer'\\]"):
