@@ -35,6 +35,7 @@ run: install
 	$(VENV)/bin/rulefinder inspect examples/mlp_backprop.npz examples/mlp_backprop.zarr.zip examples/ophys_mouse examples/ephys_units
 	$(PY) -m training_zoo run tour --store runs/tour.zarr --resume
 	$(VENV)/bin/rulefinder store info runs/tour.zarr
+	$(VENV)/bin/rulefinder predict examples/mlp_backprop.npz examples/ophys_mouse examples/ephys_units
 
 # The page test drives Debian's chromium through Playwright (no browser downloads): installed
 # here where apt-get works as root; elsewhere that test is skipped, except under CI=true.
@@ -60,6 +61,7 @@ examples: install
 bench: install
 	$(PY) benchmarks/trainer.py
 	$(PY) benchmarks/features.py
+	$(PY) benchmarks/predict.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info runs
