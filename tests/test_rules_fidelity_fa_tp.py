@@ -398,3 +398,29 @@ def test_stochastic_rules_draw_noise_for_every_example_of_a_cnn_batch(rule_id):
     rule.sample_noise = lambda n, s, b: seen.append(b) or original(n, s, b)
     rule.step(net, state, x, y)
     assert seen == [5]
+
+
+@pytest.mark.parametrize("residual", [False, True], ids=["mlp", "resmlp"])
+@pytest.mark.parametrize("variant", ["default", "linear_inverses"])
+def test_dtp_dense_inverse_step_is_the_reconstruction_gradient(variant, residual):
+    """The dense closed-form inverse update equals autograd of the reconstruction loss."""
+    import copy
+
+    net = dense(sizes=(7, 6, 6, 4), m=2, residual=residual)
+    rule = get_rule("difference_target_propagation").from_variant(variant)
+    state = rule.init_state(net, torch.Generator().manual_seed(0))
+    x, _ = batch(7, b=5, c=4)
+    _, post = net.forward(x)
+    noise = rule.sample_noise(net, state, 5)
+    before = copy.deepcopy(state)
+    rule.train_inverses(net, state, post, noise)
+    for k in rule.inverted_layers(net):
+        h_noisy = post[k] + noise[k - 1]
+        fwd = net.layer_post(k, net.layer_pre(k, h_noisy), h_noisy)
+        v = before["feedback_weights"][k - 1].clone().requires_grad_()
+        c = before["feedback_biases"][k - 1].clone().requires_grad_()
+        loss = 0.5 * ((rule.inverse(net, before, k, fwd, v, c) - h_noisy) ** 2).sum(-1).mean(-1)
+        gv, gc = torch.autograd.grad(loss.sum(), [v, c])
+        lr = (rule.feedback_lr / (1 + (fwd**2).sum(-1).mean(-1))).view(-1, 1, 1)
+        torch.testing.assert_close(state["feedback_weights"][k - 1], v.detach() - lr * gv)
+        torch.testing.assert_close(state["feedback_biases"][k - 1], c.detach() - lr[:, 0] * gc)

@@ -155,10 +155,15 @@ class Burstprop(LearningRule):
             above = layer + 1
             b_above = (p_bar * events[-1]) if above == n - 1 else p_off[above] * events[above]
             e = events[above]
-            z = state["recurrent"][above].detach().requires_grad_()
-            with torch.enable_grad():
-                r = down(net, above, b_above, ys[above], pre[layer]) - down(net, above, e, z, pre[layer])
-                (g,) = torch.autograd.grad(0.5 * (r**2).sum() / e_batch(e), z)
+            z = state["recurrent"][above]
+            if e.dim() == 3 and pre[layer].dim() == 3:  # dense: dR/dZ = -e^T r / B
+                r = torch.bmm(b_above, ys[above]) - torch.bmm(e, z)
+                g = -torch.bmm(e.transpose(1, 2), r) / e.shape[1]
+            else:
+                z = z.detach().requires_grad_()
+                with torch.enable_grad():
+                    r = down(net, above, b_above, ys[above], pre[layer]) - down(net, above, e, z, pre[layer])
+                    (g,) = torch.autograd.grad(0.5 * (r**2).sum() / e_batch(e), z)
             lr = self.recurrent_lr / (1.0 + (unit_flat(net, e) ** 2).sum(-1).mean(-1))
             with torch.no_grad():
                 state["recurrent"][above] -= lr.view(-1, *([1] * (g.dim() - 1))) * g

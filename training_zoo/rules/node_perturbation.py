@@ -54,16 +54,27 @@ def per_example(coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def local_products(net, inputs, deltas):
-    """Sum over examples of delta_l (x) input_l for every layer (dense product or conv weight
-    gradient), by autograd of sum_l <a_l(inputs_l), delta_l> with the inputs held fixed."""
-    ws, bs = leaves(net)
-    with torch.enable_grad():
-        surrogate = sum((layer_pre_with(net, layer, inputs[layer].detach(), ws[layer], bs[layer]) * d).sum()
-                        for layer, d in enumerate(deltas) if d is not None)
-        grads = torch.autograd.grad(surrogate, [*ws, *bs], allow_unused=True)
-    n = len(ws)
-    dws = [torch.zeros_like(w) if g is None else g for w, g in zip(net.weights, grads[:n])]
-    dbs = [torch.zeros_like(b) if g is None else g for b, g in zip(net.biases, grads[n:])]
+    """Sum over examples of delta_l (x) input_l for every layer: one batched product for dense
+    layers, and for conv layers (or a readout fed by one) autograd of
+    sum_l <a_l(inputs_l), delta_l> with the inputs held fixed (the conv weight gradient)."""
+    dws = [torch.zeros_like(w) for w in net.weights]
+    dbs = [torch.zeros_like(b) for b in net.biases]
+    conv = []
+    for layer, d in enumerate(deltas):
+        h = inputs[layer]
+        if d is not None and d.dim() == 3 and h.dim() == 3:
+            dws[layer] = torch.bmm(d.transpose(1, 2), h.expand(d.shape[0], -1, -1))
+            dbs[layer] = d.sum(1)
+        elif d is not None:
+            conv.append(layer)
+    if conv:
+        ws, bs = leaves(net)
+        with torch.enable_grad():
+            surrogate = sum((layer_pre_with(net, layer, inputs[layer].detach(), ws[layer], bs[layer])
+                             * deltas[layer]).sum() for layer in conv)
+            grads = torch.autograd.grad(surrogate, [ws[layer] for layer in conv] + [bs[layer] for layer in conv])
+        for i, layer in enumerate(conv):
+            dws[layer], dbs[layer] = grads[i], grads[len(conv) + i]
     return dws, dbs
 
 

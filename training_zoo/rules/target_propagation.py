@@ -5,11 +5,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from training_zoo.architectures import PopulationCNN, layer_pre_with
+from training_zoo.architectures import PopulationCNN
 from training_zoo.dense import init_weight, per_example_ce
-from training_zoo.rules.backprop import leaves
 from training_zoo.rules.base import RuleStep, StochasticRule, Variant
-from training_zoo.rules.node_perturbation import batch_size, child_generator, sample_then_step
+from training_zoo.rules.node_perturbation import batch_size, child_generator, local_products, sample_then_step
 from training_zoo.rules.registry import register
 
 TARGET_LAYERS = ("output", "top_hidden")
@@ -151,12 +150,21 @@ class DifferenceTargetPropagation(StochasticRule):
         for k in self.inverted_layers(net):
             h_noisy = post[k] + noise[k - 1]
             fwd = net.layer_post(k, net.layer_pre(k, h_noisy), h_noisy)
-            v = state["feedback_weights"][k - 1].detach().requires_grad_()
-            c = state["feedback_biases"][k - 1].detach().requires_grad_()
-            with torch.enable_grad():
-                err = self.inverse(net, state, k, fwd, v, c) - h_noisy
-                per_net = 0.5 * unit_sq(net, err).mean(-1)  # (M,)
-                gv, gc = torch.autograd.grad(per_net.sum(), [v, c])
+            v, c = state["feedback_weights"][k - 1], state["feedback_biases"][k - 1]
+            if isinstance(net, PopulationCNN):  # transposed convs: gradient by autograd
+                v, c = v.detach().requires_grad_(), c.detach().requires_grad_()
+                with torch.enable_grad():
+                    err = self.inverse(net, state, k, fwd, v, c) - h_noisy
+                    per_net = 0.5 * unit_sq(net, err).mean(-1)  # (M,)
+                    gv, gc = torch.autograd.grad(per_net.sum(), [v, c])
+            else:  # dense: d = err * g'(a), dR/dV = d^T fwd / B
+                a = torch.baddbmm(c.unsqueeze(1), fwd, v.transpose(1, 2))
+                linear = self.linear_inverses or net.is_skip(k)
+                err = (a + (fwd if net.is_skip(k) and not self.linear_inverses else 0) if linear
+                       else net.activation.f(a)) - h_noisy
+                per_net = 0.5 * unit_sq(net, err).mean(-1)
+                d = err if linear else err * net.activation.df(a)
+                gv, gc = torch.bmm(d.transpose(1, 2), fwd) / d.shape[1], d.mean(1)
             total = total + per_net.detach()
             # normalised LMS: the step is stable whatever the scale of the layer's activity
             lr = self.feedback_lr / (1.0 + unit_sq(net, fwd).mean(-1))
@@ -184,18 +192,15 @@ class DifferenceTargetPropagation(StochasticRule):
         if top == n - 1:  # Lee et al.: the readout's target is the output target as well
             targets[n] = post[n] - self.target_step * torch.autograd.functional.vjp(
                 lambda zz: per_example_ce(zz, y).sum(), post[n])[1]
-        b = batch_size(x)
-        ws, bs = leaves(net)
-        with torch.enable_grad():
-            local = 0.0
-            for layer in range(n):
-                hin = post[layer].detach()
-                out = net.layer_post(layer, layer_pre_with(net, layer, hin, ws[layer], bs[layer]), hin)
-                local = local + 0.5 * ((out - targets[layer + 1].detach()) ** 2).sum()
-            grads = torch.autograd.grad(local, [*ws, *bs])
-        scale = 1.0 / (self.target_step * b)
-        return RuleStep(weights=[g * scale for g in grads[:n]], biases=[g * scale for g in grads[n:]],
-                        loss=per_example_ce(post[-1], y).mean(1), extras={"reconstruction_loss": rec_loss})
+        # d/da of the local losses 1/2 ||h_k - target_k||^2 with the input held fixed (the skip
+        # adds the fixed input, so its derivative is f'(a) as well), in gradient units
+        scale = 1.0 / (self.target_step * batch_size(x))
+        deltas = [(post[layer + 1] - targets[layer + 1]) * net.activation.df(pre[layer]) * scale
+                  for layer in range(n - 1)]
+        deltas.append((post[n] - targets[n]) * scale)
+        dws, dbs = local_products(net, post[:n], deltas)
+        return RuleStep(weights=dws, biases=dbs, loss=per_example_ce(post[-1], y).mean(1),
+                        extras={"reconstruction_loss": rec_loss})
 
 
 def unit_sq(net, t: torch.Tensor) -> torch.Tensor:
