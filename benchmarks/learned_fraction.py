@@ -168,6 +168,11 @@ def render(results: dict) -> str:
         err = f"; errors: {'; '.join(x[:60] for x in e['errors'])}" if e["errors"] else ""
         lines.append(f"| `{rule}` | {e['fraction_scale1']:.2f} | {e['fraction_best']:.2f}{flag} ({e['n_best']}) | "
                      f"{sc} | {var} | {fam}{err} | {eps} |")
+    key = "fraction_scale1" if results.get("verify") else "fraction_best"
+    ok = [r for r, e in a.items() if e[key] >= 0.8]
+    short = [f"{r} {e[key]:.2f}" for r, e in a.items() if e[key] < 0.8]
+    lines += ["", f"At or above 0.8: {', '.join(ok) or 'none'}. Below (their fraction as measured): "
+              f"{', '.join(short) or 'none'}."]
     lines += ["", END.replace("fraction", "fraction-verify") if results.get("verify") else END, ""]
     return "\n".join(lines)
 
