@@ -59,7 +59,7 @@ def test_inspect_reports_a_bad_file_and_exits_non_zero(tmp_path):
     bad = tmp_path / "bad.npz"
     np.savez(bad, responses=np.zeros((21, 64)))
     proc = run("inspect", bad, EXAMPLES / "mlp_backprop.npz", "--json", check=False)
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # a recording that cannot be read: exit 2, one error line (issue #13)
     first, second = json.loads(proc.stdout)
     assert "responses has shape (21, 64): expected 3 dimensions" in first["error"]
     assert second["sessions"] == 11

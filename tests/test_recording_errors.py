@@ -419,3 +419,142 @@ def test_nwb_mixed_with_other_paths_is_an_error(tmp_path):
 
     with pytest.raises(RecordingError, match="given together with other recordings"):
         group_inputs([tmp_path / "a.nwb", tmp_path / "b.npz"])
+
+
+# ---- damaged files: each failure mode of the libraries underneath, named (issue #13) ----
+
+
+def _stored_npz(tmp_path, name="d.npz"):
+    p = tmp_path / name
+    np.savez(p, responses=GOOD, session_time=np.arange(4.0))
+    return p, bytearray(p.read_bytes())
+
+
+def _central(raw: bytearray, member: int = 0) -> int:
+    """Offset of the central-directory entry of ``member``."""
+    at = -1
+    for _ in range(member + 1):
+        at = raw.find(b"PK\x01\x02", at + 1)
+    return at
+
+
+def _write(p, raw):
+    p.write_bytes(bytes(raw))
+    return p
+
+
+def test_bad_crc_names_the_member(tmp_path):
+    p, raw = _stored_npz(tmp_path)
+    raw[raw.find(b"\x93NUMPY") + 200] ^= 0x10  # inside responses.npy's data
+    _expect(_write(p, raw), str(p), "damaged archive", "'responses.npy'", "bad CRC-32")
+
+
+def test_bad_local_header_magic(tmp_path):
+    p, raw = _stored_npz(tmp_path)
+    raw[0:4] = b"\0\0\0\0"
+    _expect(_write(p, raw), "damaged archive", "'responses.npy'", "bad local header magic")
+
+
+def test_truncated_archive(tmp_path):
+    p, raw = _stored_npz(tmp_path)
+    _expect(_write(p, raw[: len(raw) // 2]), str(p), "cannot be read as a NumPy .npz archive", "truncated")
+
+
+def test_corrupt_deflate_stream(tmp_path):
+    p = tmp_path / "z.npz"
+    np.savez_compressed(p, responses=GOOD)
+    raw = bytearray(p.read_bytes())
+    start = raw.find(b"responses.npy") + len("responses.npy")
+    start += int.from_bytes(raw[28:30], "little")  # the local header's extra field
+    raw[start : start + 8] = b"\xff" * 8  # not a valid deflate block
+    _expect(_write(p, raw), "damaged archive", "'responses.npy'", "compressed data is corrupt")
+
+
+def test_member_marked_encrypted(tmp_path):
+    p, raw = _stored_npz(tmp_path)
+    raw[_central(raw) + 8] |= 0x01  # general-purpose flag bit 0: encrypted (zipfile: RuntimeError)
+    _expect(_write(p, raw), "damaged archive", "encrypted")
+
+
+def test_member_with_unknown_compression_method(tmp_path):
+    p, raw = _stored_npz(tmp_path)
+    raw[_central(raw) + 10] = 77  # compression method (zipfile: NotImplementedError)
+    _expect(_write(p, raw), "damaged archive", "'responses.npy'", "unsupported zip feature")
+
+
+def test_member_with_an_empty_name(tmp_path):
+    # found by the fuzzer: zipfile's ZipInfo.is_dir() raised IndexError on an empty name
+    p = tmp_path / "e.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr(zipfile.ZipInfo(""), b"x")
+    _expect(p, "damaged archive", "zip member 0 has an empty name")
+    _expect(p, "damaged archive", "empty name", loader=load_zarr_zip)
+
+
+def _npy_member(tmp_path, header: bytes, data: bytes = b"", name="responses.npy"):
+    p = tmp_path / "h.npz"
+    body = header + b" " * (-(len(header) + 11) % 64) + b"\n"
+    blob = b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body + data
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr(name, blob)
+    return p
+
+
+def test_npy_header_that_breaks_the_tokenizer(tmp_path):
+    # numpy retries a header that is not a Python literal through tokenize, which raised
+    # tokenize.TokenError on an unclosed bracket
+    p = _npy_member(tmp_path, b"{'descr': '<f8', 'fortran_order': False, 'shape': ((3, 2, 2), }")
+    _expect(p, str(p), "damaged archive", "'responses.npy'", "corrupt .npy header")
+
+
+def test_npy_header_declaring_more_data_than_present(tmp_path):
+    p = _npy_member(
+        tmp_path, b"{'descr': '<f8', 'fortran_order': False, 'shape': (300000, 400000, 9), }", b"\0" * 96
+    )
+    _expect(p, "declares shape (300000, 400000, 9) of float64", "holds 96 bytes")
+
+
+def test_npy_member_without_magic(tmp_path):
+    p = tmp_path / "m.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("responses.npy", b"garbage, not an array")
+    _expect(p, "'responses.npy' does not start with the .npy magic")
+
+
+def test_zarr_member_that_is_not_metadata(tmp_path):
+    p = save_zarr_zip(make_recording(GOOD), tmp_path / "r.zarr.zip")
+    with zipfile.ZipFile(p) as zf:
+        members = {i.filename: zf.read(i) for i in zf.infolist()}
+    chunk = next(n for n in members if n.startswith("responses/c"))
+    members["zarr.json"], members[chunk] = members[chunk], members["zarr.json"]
+    with zipfile.ZipFile(p, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    message = _expect(p, str(p), "damaged Zarr store", loader=load_zarr_zip)
+    assert "rulefinder-zarr-" not in message  # the private unpacking folder is not shown
+
+
+def test_truncated_nwb_session(tmp_path):
+    paths = _sessions(tmp_path)
+    raw = paths[1].read_bytes()
+    paths[1].write_bytes(raw[: len(raw) // 3])
+    _expect(lambda: load_nwb(paths), str(paths[1]), "truncated HDF5 file")
+
+
+def test_nwb_with_a_zeroed_object_header(tmp_path):
+    paths = _sessions(tmp_path, cache_spec=False)
+    raw = bytearray(paths[0].read_bytes())
+    raw[5000:9000] = bytes(4000)  # h5py/hdmf raised KeyError, ConstructError or TypeError here
+    paths[0].write_bytes(bytes(raw))
+    _expect(lambda: load_nwb(paths), str(paths[0]), "damaged NWB (HDF5) file")
+
+
+def test_a_bug_in_our_code_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch):
+    from rulefinder.recording import nwb as nwb_module
+
+    def broken(*args, **kwargs):
+        raise KeyError("a bug of ours")
+
+    monkeypatch.setattr(nwb_module, "_ophys_container", broken)
+    with pytest.raises(KeyError, match="a bug of ours"):
+        load_nwb(_sessions(tmp_path))

@@ -29,12 +29,13 @@ def inspect(
     """Summarise each recording: sessions, stimuli, units per area, NaN fraction, session_time range, warnings.
 
     A .npz or .zarr.zip path is one recording; a directory of .nwb files, or .nwb paths given
-    together, is one recording.
+    together, is one recording. A recording that cannot be read (damaged or invalid) gets one
+    "error: ..." line on stderr and the exit status is 2; the others are still summarised.
     """
     try:
         groups = group_inputs(paths)
     except RecordingError as exc:
-        _fail(str(exc))
+        _fail(_one_line(str(exc)))
     summaries = []
     failed = False
     for group in groups:
@@ -42,7 +43,9 @@ def inspect(
         try:
             rec, notes = load_recording_with_warnings(group, area_order=_split_csv(area_order))
         except RecordingError as exc:
+            # a damaged or invalid file: one line on stderr, no traceback; the others are still shown
             failed = True
+            typer.echo(f"error: {_one_line(str(exc))}", err=True)
             summaries.append({"source": label, "error": str(exc)})
             continue
         summaries.append(summarize(rec, source=label, warnings=notes).model_dump())
@@ -50,14 +53,17 @@ def inspect(
         typer.echo(json.dumps(summaries, indent=2))
     else:
         for s in summaries:
-            typer.echo(_format_summary(s))
+            if "error" not in s:
+                typer.echo(_format_summary(s))
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(2)
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _format_summary(s: dict) -> str:
-    if "error" in s:
-        return f"{s['source']}\n  error: {s['error']}\n"
     lines = [
         s["source"],
         f"  sessions {s['sessions']}  stimuli {s['stimuli']}  units {s['units']}  "
@@ -90,7 +96,7 @@ def reduce(
             _fail("reduce takes the .nwb session files of one recording (or one directory of them)")
         rec, notes = load_recording_with_warnings(groups[0], area_order=_split_csv(area_order))
     except RecordingError as exc:
-        _fail(str(exc))
+        _fail(_one_line(str(exc)))
     if not str(out).endswith(".npz"):
         _fail(f"{out}: the output must end in .npz")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,8 +20,24 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from rulefinder.recording.errors import RecordingError, RecordingWarning
+from rulefinder.recording.errors import RecordingError, RecordingWarning, library_errors, short
 from rulefinder.recording.model import make_recording
+
+
+# What h5py, hdmf and pynwb raise on a damaged file: h5py maps HDF5 errors to OSError,
+# KeyError ("unable to open object"), ValueError, RuntimeError; hdmf raises ConstructError and
+# BuildError and, on objects it rebuilds from damaged attributes, ValueError/TypeError/
+# KeyError/IndexError/AttributeError; a damaged cached schema fails JSON parsing (ValueError).
+# Only raised inside these packages do they mean "damaged": the same type from our own code is
+# a bug and propagates (library_errors).
+_NWB_PACKAGES = ("h5py", "hdmf", "pynwb", "json", "jsonschema")
+
+
+def _nwb_errors() -> tuple[type[BaseException], ...]:
+    from hdmf.build.errors import BuildError, ConstructError
+
+    return (OSError, KeyError, ValueError, TypeError, IndexError, RuntimeError, AttributeError,
+            ConstructError, BuildError)
 
 
 @dataclass
@@ -102,12 +118,16 @@ def _check_is_nwb(path: Path, src: str) -> None:
     if not path.exists():
         raise RecordingError(src, None, "file not found")
     if not h5py.is_hdf5(path):
-        raise RecordingError(src, None, "is not an HDF5 file: expected an NWB (HDF5) session file")
+        raise RecordingError(
+            src, None, "is not an HDF5 file (no HDF5 signature: damaged, or another format): "
+            "expected an NWB (HDF5) session file"
+        )
     try:
         with h5py.File(path, "r") as f:
             version = f.attrs.get("nwb_version")
     except OSError as exc:
-        raise RecordingError(src, None, f"cannot be opened as HDF5: {exc}") from None
+        what = "truncated HDF5 file" if "truncated file" in str(exc) else "cannot be opened as HDF5"
+        raise RecordingError(src, None, f"{what}: {short(exc)}") from exc
     if version is None:
         raise RecordingError(
             src, "nwb_version", "is an HDF5 file but not NWB: no nwb_version attribute at the root"
@@ -249,38 +269,40 @@ def read_nwb_session(path: str | Path, *, source: str | None = None) -> _Session
 
     path = Path(path)
     src = source or str(path)
-    _check_is_nwb(path, src)
-    try:
+    damaged = library_errors(src, "damaged NWB (HDF5) file", _nwb_errors(), _NWB_PACKAGES)
+    with damaged:
+        _check_is_nwb(path, src)
         io = NWBHDF5IO(str(path), "r", load_namespaces=True)
-        nwb = io.read()
-    except Exception as exc:  # pynwb/hdmf raise many kinds for a broken file
-        raise RecordingError(src, None, f"cannot be read as NWB: {type(exc).__name__}: {exc}") from None
     notes = []
     try:
-        start, stop, stim, perf = _read_trials(nwb, src)
-        container = _ophys_container(nwb)
-        has_units = nwb.units is not None and len(nwb.units) > 0
-        if container is not None:
-            if has_units:
-                notes.append(
-                    f"{src}: holds both imaging and a units table; the imaging (ophys) signal is used"
+        # pynwb reads lazily: damaged objects and datasets fail here, not only in io.read()
+        with damaged:
+            nwb = io.read()
+            start, stop, stim, perf = _read_trials(nwb, src)
+            container = _ophys_container(nwb)
+            has_units = nwb.units is not None and len(nwb.units) > 0
+            if container is not None:
+                if has_units:
+                    notes.append(
+                        f"{src}: holds both imaging and a units table; the imaging (ophys) signal is used"
+                    )
+                trial_values, areas, gid = _read_ophys(container, src, start, stop)
+                kind = "ophys"
+            elif has_units:
+                trial_values, areas, gid = _read_units(nwb.units, src, start, stop)
+                kind = "units"
+            else:
+                raise RecordingError(
+                    src,
+                    "processing/ophys",
+                    "has no signal: expected a DfOverF or Fluorescence container in processing['ophys'] "
+                    "or a units table with spike_times",
                 )
-            trial_values, areas, gid = _read_ophys(container, src, start, stop)
-            kind = "ophys"
-        elif has_units:
-            trial_values, areas, gid = _read_units(nwb.units, src, start, stop)
-            kind = "units"
-        else:
-            raise RecordingError(
-                src,
-                "processing/ophys",
-                "has no signal: expected a DfOverF or Fluorescence container in processing['ophys'] "
-                "or a units table with spike_times",
-            )
-        ids, resp = _per_stimulus(trial_values, stim)
-        session_start = nwb.session_start_time
+            ids, resp = _per_stimulus(trial_values, stim)
+            session_start = nwb.session_start_time
     finally:
-        io.close()
+        with damaged:
+            io.close()
     if session_start.tzinfo is None:
         session_start = session_start.replace(tzinfo=timezone.utc)
     return _Session(

@@ -13,16 +13,20 @@ import stat
 import tempfile
 import warnings
 import zipfile
-import zlib
 from pathlib import Path, PurePosixPath
 
 import xarray as xr
 
-from rulefinder.recording.errors import RecordingError
+from rulefinder.recording.archive import check_declared_size, checked_members, iter_member, open_zip
+from rulefinder.recording.errors import RecordingError, library_errors
 from rulefinder.recording.model import DIMS, make_recording
 from rulefinder.settings import get_settings
 
-_CHUNK = 1 << 20
+# What zarr, its codecs and xarray raise on a store whose metadata or chunks are damaged
+# (zarr.errors.BaseZarrError is a ValueError; JSON and UTF-8 decode errors are too). Only
+# these types, and only when raised inside these packages, mean "damaged"; see library_errors.
+ZARR_ERRORS = (ValueError, TypeError, KeyError, IndexError, RuntimeError, OSError)
+ZARR_PACKAGES = ("zarr", "numcodecs", "xarray", "json", "pandas", "google_crc32c", "crc32c")
 _STORE_MARKERS = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 
 
@@ -46,14 +50,9 @@ def _check_member(info: zipfile.ZipInfo, src: str) -> PurePosixPath:
 def safe_extract_zip(path: Path, dest: Path, src: str) -> None:
     """Unpack ``path`` into ``dest`` with the member and size checks described above."""
     settings = get_settings()
-    try:
-        zf = zipfile.ZipFile(path)
-    except FileNotFoundError:
-        raise RecordingError(src, None, "file not found") from None
-    except (zipfile.BadZipFile, OSError) as exc:
-        raise RecordingError(src, None, f"cannot be read as a zip archive: {exc}") from None
+    zf = open_zip(path, src, "a zipped Zarr store (.zarr.zip)")
     with zf:
-        infos = zf.infolist()
+        infos = checked_members(zf, src)
         if len(infos) > settings.max_zip_members:
             raise RecordingError(
                 src,
@@ -61,14 +60,7 @@ def safe_extract_zip(path: Path, dest: Path, src: str) -> None:
                 f"zip has {len(infos)} members: expected at most {settings.max_zip_members}",
             )
         limit = settings.max_unpacked_bytes
-        declared = sum(i.file_size for i in infos)
-        if declared > limit:
-            raise RecordingError(
-                src,
-                None,
-                f"zip unpacks to {declared} bytes: expected at most {limit} "
-                "(RULEFINDER_MAX_UNPACKED_BYTES)",
-            )
+        declared = check_declared_size(zf, src, limit)
         checked = [(_check_member(i, src), i) for i in infos]
         written = 0
         for rel, info in checked:
@@ -76,23 +68,30 @@ def safe_extract_zip(path: Path, dest: Path, src: str) -> None:
             if info.is_dir():
                 target.mkdir(parents=True, exist_ok=True)
                 continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with zf.open(info) as fin, open(target, "wb") as fout:
-                    while chunk := fin.read(_CHUNK):
-                        written += len(chunk)
-                        if written > limit:
-                            raise RecordingError(
-                                src,
-                                info.filename,
-                                f"zip unpacks to more than {limit} bytes (headers claimed {declared}): "
-                                "expected at most RULEFINDER_MAX_UNPACKED_BYTES",
-                            )
-                        fout.write(chunk)
-            except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+            if target.is_dir():
+                # a damaged name can turn a member into the parent folder of another one
                 raise RecordingError(
-                    src, info.filename, f"zip member {info.filename!r} is corrupt: {exc}"
+                    src, info.filename, f"damaged archive: zip member {info.filename!r} is both a file and a folder"
+                )
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+            except (FileExistsError, NotADirectoryError):
+                raise RecordingError(
+                    src,
+                    info.filename,
+                    f"damaged archive: zip member {info.filename!r} lies under another member that is a file",
                 ) from None
+            with open(target, "wb") as fout:
+                for chunk in iter_member(zf, info, src):
+                    written += len(chunk)
+                    if written > limit:
+                        raise RecordingError(
+                            src,
+                            info.filename,
+                            f"zip unpacks to more than {limit} bytes (headers claimed {declared}): "
+                            "expected at most RULEFINDER_MAX_UNPACKED_BYTES",
+                        )
+                    fout.write(chunk)
 
 
 def _find_store_root(root: Path, src: str) -> Path:
@@ -115,13 +114,11 @@ def load_zarr_zip(path: str | Path, *, source: str | None = None) -> xr.DataArra
         tmp_path = Path(tmp)
         safe_extract_zip(path, tmp_path, src)
         store = _find_store_root(tmp_path, src)
-        try:
-            with warnings.catch_warnings():
-                # a store without consolidated metadata is legal; reading it is just slower
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ds = xr.open_zarr(store, consolidated=None, decode_times=False, chunks=None)
-        except Exception as exc:  # zarr raises many types for a malformed store
-            raise RecordingError(src, None, f"cannot be opened as a Zarr store: {exc}") from None
+        damaged = library_errors(src, "damaged Zarr store", ZARR_ERRORS, ZARR_PACKAGES, hide=str(tmp_path))
+        with damaged, warnings.catch_warnings():
+            # a store without consolidated metadata is legal; reading it is just slower
+            warnings.simplefilter("ignore", RuntimeWarning)
+            ds = xr.open_zarr(store, consolidated=None, decode_times=False, chunks=None)
         with ds:
             if "responses" not in ds.data_vars:
                 raise RecordingError(
@@ -135,7 +132,8 @@ def load_zarr_zip(path: str | Path, *, source: str | None = None) -> xr.DataArra
                 raise RecordingError(
                     src, "responses", f"responses has dims {tuple(var.dims)}: expected {DIMS}"
                 )
-            var = var.load()
+            with damaged:  # chunks are decoded here: codec errors, chunks of the wrong size
+                var = var.load()
 
             def coord(name):
                 return var.coords[name].values if name in var.coords else None

@@ -1,0 +1,133 @@
+"""Reading zip archives (``.npz``, ``.zarr.zip``) with every failure of :mod:`zipfile` named.
+
+A damaged archive (an interrupted copy, a bad disk, a partial upload) makes :mod:`zipfile`
+and the decompressors under it raise many types: ``BadZipFile`` (bad CRC, bad header magic,
+headers that disagree), ``zlib.error``, ``EOFError`` (compressed data ends early),
+``NotImplementedError`` (a flipped version or method field), ``RuntimeError`` (a flipped
+encryption flag), ``OSError``/``ValueError`` (offsets outside the file), ``lzma.LZMAError``.
+Each ``try`` below wraps only the :mod:`zipfile` call, so these types can only come from the
+archive, never from a bug of ours; they become a :class:`RecordingError` naming the file, the
+member and what is wrong.
+"""
+
+from __future__ import annotations
+
+import lzma
+import zipfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+from rulefinder.recording.errors import RecordingError
+
+# what zipfile and its decompressors raise on damaged bytes (see the module docstring)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    NotImplementedError,
+    RuntimeError,
+    OSError,
+    ValueError,
+)
+_CHUNK = 1 << 20
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, zipfile.BadZipFile):
+        if text.startswith("Bad CRC-32"):
+            return "bad CRC-32 checksum (the bytes were altered after writing)"
+        if text.startswith("Bad magic number") and "central directory" in text:
+            return "bad central directory entry (the archive's index is overwritten)"
+        if text.startswith("Bad magic number"):
+            return "bad local header magic (the member's header is overwritten or misplaced)"
+        if text.startswith("File name in directory"):
+            return "its local header disagrees with the central directory"
+        if text.startswith("File is not a zip file"):
+            return "no zip end-of-central-directory record (truncated, or not a zip at all)"
+        return text
+    if isinstance(exc, (zlib.error, lzma.LZMAError)):
+        return f"compressed data is corrupt ({text})"
+    if isinstance(exc, EOFError):
+        return "compressed data ends early (truncated archive)"
+    if isinstance(exc, NotImplementedError):
+        return f"a header field names an unsupported zip feature ({text})"
+    if isinstance(exc, RuntimeError) and "encrypted" in text:
+        return "marked as encrypted (a flipped header flag?): expected plain members"
+    return f"{type(exc).__name__}: {text}"
+
+
+def open_zip(path: Path, src: str, what: str) -> zipfile.ZipFile:
+    """Open ``path`` as a zip archive; ``what`` names the expected content in messages."""
+    try:
+        return zipfile.ZipFile(path)
+    except FileNotFoundError:
+        raise RecordingError(src, None, "file not found") from None
+    except IsADirectoryError:
+        raise RecordingError(src, None, f"is a directory: expected {what}") from None
+    except ZIP_ERRORS as exc:
+        raise RecordingError(
+            src, None, f"cannot be read as a zip archive: expected {what}; damaged archive: {_reason(exc)}"
+        ) from exc
+
+
+def member_error(src: str, info: zipfile.ZipInfo, exc: BaseException) -> RecordingError:
+    name = info.filename
+    return RecordingError(src, name, f"damaged archive: zip member {name!r} is corrupt: {_reason(exc)}")
+
+
+def check_declared_size(zf: zipfile.ZipFile, src: str, limit: int) -> int:
+    """Refuse archives whose headers claim more than ``limit`` unpacked bytes in all."""
+    declared = sum(i.file_size for i in zf.infolist())
+    if declared > limit:
+        raise RecordingError(
+            src,
+            None,
+            f"zip unpacks to {declared} bytes: expected at most {limit} (RULEFINDER_MAX_UNPACKED_BYTES)",
+        )
+    return declared
+
+
+def checked_members(zf: zipfile.ZipFile, src: str) -> list[zipfile.ZipInfo]:
+    """The archive's members, refusing names a damaged central directory produces (empty, or
+    holding control characters such as NUL, which no writer of recordings emits)."""
+    infos = zf.infolist()
+    for i, info in enumerate(infos):
+        name = info.filename
+        if not name:
+            raise RecordingError(src, None, f"damaged archive: zip member {i} has an empty name")
+        if any(ord(ch) < 32 for ch in name):
+            raise RecordingError(
+                src, name, f"damaged archive: zip member name {name!r} holds control characters"
+            )
+    return infos
+
+
+def iter_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> Iterator[bytes]:
+    """The decompressed bytes of one member, chunk by chunk; the CRC is checked at the end.
+
+    Unpacking stops at the member's declared size whatever the compressed stream holds
+    (zipfile's own bound), so callers that count the chunks bound the total.
+    """
+    try:
+        fin = zf.open(info)
+    except ZIP_ERRORS as exc:  # header checks: magic, names, flags, method
+        raise member_error(src, info, exc) from exc
+    with fin:
+        while True:
+            try:
+                chunk = fin.read(_CHUNK)
+            except ZIP_ERRORS as exc:  # decompression, early end, CRC at the end
+                raise member_error(src, info, exc) from exc
+            if not chunk:
+                return
+            yield chunk
+
+
+def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> bytes:
+    return b"".join(iter_member(zf, info, src))
+
+
+__all__ = ["ZIP_ERRORS", "check_declared_size", "checked_members", "iter_member", "member_error", "open_zip", "read_member"]
