@@ -21,7 +21,7 @@ from training_zoo.tasks import load_task
 
 LRS = {"sgd": [0.01, 0.03, 0.1, 0.3, 1.0], "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2]}
 EPOCHS = 5
-RULE_EPOCHS = {"node_perturbation": 10}  # canonical (one-pass) node perturbation: see test_zoo_learning
+RULE_EPOCHS = {"node_perturbation": 20}  # canonical (one-pass) node perturbation: see test_zoo_learning
 # ... and 20 through a resmlp skip, where the random-feature baseline is strong (its plateau)
 RESMLP_RULE_EPOCHS = {"node_perturbation": 20}
 BATCH = 32
