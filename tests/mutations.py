@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
+from rulefinder.recording.archive import ZIP_ERRORS
+
 KINDS = ("flip", "truncate", "zero", "duplicate")
 ZIP_KINDS = (*KINDS, "swap")
 MAX_SPAN = 4096  # longest zeroed or duplicated span, in bytes
@@ -85,7 +87,7 @@ def swap_members(data: bytes, i: int, j: int) -> bytes:
                 return data
             i, j = i % len(infos), j % len(infos)
             contents = {x.filename: zin.read(x) for x in infos}
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, NotImplementedError):
+    except (*ZIP_ERRORS, KeyError):  # already damaged: the other mutations cover it
         return data
     a, b = infos[i].filename, infos[j].filename
     contents[a], contents[b] = contents[b], contents[a]

@@ -221,7 +221,7 @@ def test_damaged_zarr_zip_many(bases, variant, muts):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", NWB_VARIANTS)
-@_settings(80, shrink=False)
+@_settings(50, shrink=False)
 @given(which=st.integers(0, 2), muts=mutation_lists())
 def test_damaged_nwb_directory_many(bases, variant, which, muts):
     _check_nwb(bases, variant, which, muts)
