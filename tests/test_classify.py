@@ -209,3 +209,28 @@ def test_evaluate_cli(tiny_zoo, tmp_path):
     assert bad.exit_code != 0 and "nope" in bad.output
     missing = runner.invoke(app, ["evaluate", "--store", str(tmp_path / "none.zarr"), "--out", str(out)])
     assert missing.exit_code != 0 and "none.zarr" in missing.output
+
+
+def test_learned_flag_unknown_where_no_bar_is_shipped_uses_the_fallback():
+    """learned_threshold NaN means "no bar known" (not "did not learn"): the zoo's definition
+    is computed from the store instead; known flags are kept as stored."""
+    from rulefinder.classify.dataset import learned_labels
+
+    n = 4
+    table = xr.Dataset(
+        {
+            "rule": ("network", ["backprop", "backprop", "hebbian", "hebbian"]),
+            "task": ("network", ["mnist1d", "mnist1d", "mnist1d", "digits"]),
+            "arch_family": ("network", ["mlp"] * n),
+            "optimizer": ("network", ["sgd"] * n),
+            "final_accuracy": ("network", [0.9, 0.9, 0.8, 0.2]),
+            "learned": ("network", [False, False, False, True]),
+            "learned_threshold": ("network", [np.nan, np.nan, np.nan, 0.7]),
+        }
+    )
+    got = learned_labels(table)
+    # mnist1d: no shipped bar -> fallback (chance 0.1 + half of backprop's 0.8 gain = 0.5)
+    assert got[:3].tolist() == [True, True, True]
+    assert got[3]  # a known flag is kept as stored
+    assert not learned_labels(table.drop_vars(["learned", "learned_threshold"]).assign(
+        final_accuracy=("network", [0.9, 0.9, 0.3, 0.2])))[2]

@@ -82,6 +82,24 @@ def learned_fallback(table: xr.Dataset) -> np.ndarray:
     return out
 
 
+def learned_labels(table: xr.Dataset) -> np.ndarray:
+    """Each network's ``learned``: the store's flag where it is known, else the fallback.
+
+    A store written before the flag reads as all False; a network whose task has no shipped
+    learning bar has ``learned_threshold`` NaN ("not known", not "did not learn"): both get
+    :func:`learned_fallback`.
+    """
+    fallback = learned_fallback(table)
+    if "learned" not in table:
+        return fallback
+    learned = np.asarray(table["learned"].values, bool)
+    if "learned_threshold" in table:
+        unknown = ~np.isfinite(np.asarray(table["learned_threshold"].values, dtype=np.float64))
+    else:
+        unknown = np.full(learned.shape, not learned.any())
+    return np.where(unknown, fallback, learned)
+
+
 def network_table(store, networks: Sequence[str] | None = None, include_diverged: bool = False) -> xr.Dataset:
     """The labels of a store's complete networks (all, or ``networks``) over dim ``sample``."""
     table = store.networks()
@@ -90,9 +108,7 @@ def network_table(store, networks: Sequence[str] | None = None, include_diverged
         keep &= ~table["diverged"].values.astype(bool)
     if networks is not None:
         keep &= np.isin(table["network"].values, np.asarray(list(networks), dtype=str))
-    # A store without the field reads as all False (or lacks it): compute the fallback.
-    has_learned = "learned" in table and bool(np.asarray(table["learned"].values, bool).any())
-    learned = np.asarray(table["learned"].values, bool) if has_learned else learned_fallback(table)
+    learned = learned_labels(table)
     variant = (
         np.asarray(table["variant"].values).astype(object)
         if "variant" in table

@@ -104,4 +104,6 @@ class StochasticRule(LearningRule):
 
     def step(self, net, state: dict[str, Any], x: torch.Tensor, y: torch.Tensor) -> RuleStep:
         x = net.broadcast_input(x)
-        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, x.shape[1]))
+        # the batch size from the labels: the input's layout differs between families
+        # (mlp (M, B, n), cnn (B, C, H, W))
+        return self.step_with_noise(net, state, x, y, self.sample_noise(net, state, y.shape[-1]))

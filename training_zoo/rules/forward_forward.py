@@ -36,16 +36,19 @@ class ForwardForward(StochasticRule):
     :math:`\text{label\_scale}/C` everywhere.
 
     Network (the rule's own forward, :meth:`forward`): every layer, the first included, sees
-    its input normalised to unit length, :math:`\hat h = h/(\lVert h\rVert + \epsilon)` (Hinton
-    2022: the length carries the previous layer's goodness, the orientation is passed on):
-    :math:`r_l = f(W_l \hat h_{l-1} + b_l)`, :math:`h_l = r_l` (``resmlp`` skip:
+    its input with its length normalised (Hinton 2022: the length carries the previous layer's
+    goodness, the orientation is passed on). The fixed length is Hinton's own code's
+    (``ffnormrows``: "a sum of squared activities that averages 1 per neuron"), unit
+    root-mean-square, :math:`\hat h = h / (\sqrt{\mathrm{mean}_i h_i^2} + \epsilon)`;
+    ``norm="length"`` gives unit length (the paper's wording read literally, length 1 instead of
+    :math:`\sqrt n`): :math:`r_l = f(W_l \hat h_{l-1} + b_l)`, :math:`h_l = r_l` (``resmlp`` skip:
     :math:`h_l = \hat h_{l-1} + r_l`; ``cnn``: the norm over all units of the feature map).
-    ``norm="rms"``: unit root-mean-square instead (length :math:`\sqrt n`).
 
-    Objective per hidden layer, goodness :math:`G_l = \mathrm{mean}_i\, r_{l,i}^2` of the
-    layer's own branch (``goodness="sum"``: :math:`\sum_i r_{l,i}^2` against
-    :math:`\theta n_l`), threshold :math:`\theta` (``threshold``; default 2, or 0.5 for units
-    bounded by 1, whose mean square cannot reach 2):
+    Objective per hidden layer, goodness :math:`G_l = \sum_i r_{l,i}^2` of the layer's own
+    branch against :math:`\theta n_l` (Hinton's code: the threshold is the layer size, so
+    :math:`\theta = 1`), or ``goodness="mean"``: :math:`\mathrm{mean}_i\, r_{l,i}^2` against
+    :math:`\theta` (default 2, as mohammadpz/pytorch_forward_forward); 0.5 by default for units
+    bounded by 1, whose mean square cannot reach 2 (``threshold`` overrides):
 
     .. math::
         \ell_l = \mathrm{softplus}(\theta - G_l^{+}) + \mathrm{softplus}(G_l^{-} - \theta),
@@ -59,10 +62,9 @@ class ForwardForward(StochasticRule):
     softmax classifier on the neutral pass's normalised top activity (delta rule), Hinton's
     second evaluation method; it gives :meth:`forward` its logits and is the training loss.
 
-    Known shortfall: with unit-length inputs and the zoo's initialisations the pre-activations
-    start small and goodness-based prediction from the second layer learns slowly; on digits
-    (2 x 32 relu, best of an lr sweep) it reaches 0.15 after 5 epochs and 0.88 after 20. The
-    ``rms_norm`` variant (unit-RMS inputs, as loeweX/Forward-Forward) reaches 0.89 in 5.
+    With unit-*length* inputs (the ``unit_length`` variant) the pre-activations of wide layers
+    start small and goodness-based prediction learns slowly: on digits (2 x 32 relu, best of an
+    lr sweep) 0.15 after 5 epochs and 0.81-0.88 after 20.
     """
 
     id = "forward_forward"
@@ -71,23 +73,24 @@ class ForwardForward(StochasticRule):
     description = "Forward-Forward: per-layer goodness, positive (true label) vs negative (wrong label) data"
     supports = ("mlp", "resmlp", "cnn")
     variants = {
-        "default": Variant("Hinton 2022: unit-length inputs to every layer, mean-square goodness, "
-                           "prediction from the second hidden layer on."),
+        "default": Variant("Hinton 2022 and his code (ffnormrows): every layer's input normalised to unit "
+                           "RMS, goodness the sum of squares against the layer size, prediction from the "
+                           "second hidden layer on."),
+        "unit_length": Variant("Every layer's input normalised to unit length (the paper's wording read "
+                               "literally) and mean-square goodness against 2 (mohammadpz/pytorch_forward_forward).",
+                               {"norm": "length", "goodness": "mean"}),
         "all_layers": Variant("Prediction summing goodness over every hidden layer, as in the widely used "
                               "PyTorch reimplementation (mohammadpz/pytorch_forward_forward).",
                               {"predict_from": 0}),
-        "rms_norm": Variant("Every layer's input normalised to unit RMS and goodness as the sum of squares "
-                            "against the layer width (loeweX/Forward-Forward's PyTorch implementation).",
-                            {"norm": "rms", "goodness": "sum", "threshold": 1.0}),
-        "sum_goodness": Variant("Goodness as the sum of squares against a threshold scaled by the layer "
-                                "width (the paper's formula p = sigma(sum_j y_j^2 - theta)).",
-                                {"goodness": "sum"}),
+        "sum_goodness": Variant("Unit-length inputs with goodness as the sum of squares against a threshold "
+                                "scaled by the layer width (the paper's formula p = sigma(sum_j y_j^2 - theta)).",
+                                {"norm": "length", "goodness": "sum", "threshold": 2.0}),
     }
 
     BOUNDED = ("tanh", "sigmoid", "hardtanh")
 
     def __init__(self, threshold: float | None = None, label_scale: float = 3.0, eps: float = 1e-4,
-                 goodness: str = "mean", predict_from: int = 1, norm: str = "length"):
+                 goodness: str = "sum", predict_from: int = 1, norm: str = "rms"):
         if goodness not in ("mean", "sum"):
             raise ValueError(f"goodness must be 'mean' or 'sum', got {goodness!r}")
         if norm not in ("length", "rms"):
@@ -103,10 +106,14 @@ class ForwardForward(StochasticRule):
         return {"generator": child_generator(generator, net.device)}
 
     def theta(self, net) -> float:
-        """The goodness threshold: ``threshold``, or by default 2 (0.5 for units bounded by 1)."""
+        """The goodness threshold per unit: ``threshold``, or by default 1 for sum-of-squares
+        goodness (Hinton's code: the layer size), 2 for mean-square goodness, 0.5 for units
+        bounded by 1."""
         if self.threshold is not None:
             return self.threshold
-        return 0.5 if net.activation.name in self.BOUNDED else 2.0
+        if net.activation.name in self.BOUNDED:
+            return 0.5
+        return 1.0 if self.goodness == "sum" else 2.0
 
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None, n_classes: int) -> torch.Tensor:
         """x (M, B, n) with the label (M, B) written into its first C features (None: neutral)."""
