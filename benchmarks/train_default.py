@@ -1,7 +1,7 @@
 """Train the packaged ``default`` model from a zoo store, reproducibly, and write it with its card.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_default.py \
-        --store /work/scratch/zoos/probe.zarr --spec ../shared/research/probe.yaml \
+        --store runs/probe.zarr --spec ../shared/research/probe.yaml \
         --out rulefinder/classify/models/default
 
 Steps (all seeded by --seed):

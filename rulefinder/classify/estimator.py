@@ -1,7 +1,7 @@
 """``RuleIdentifier``: recordings -> calibrated rule / family / optimizer probabilities, an
 open-set (unknown) score and a verdict.
 
-Model (contract: /work/notes/interfaces.md; result fields: ``PredictionResult``):
+Model (used by ``rulefinder.classify.predict``, the pipeline and the service; result fields: ``PredictionResult``):
 
 1. Each area of a recording becomes one row of features (:mod:`rulefinder.classify.features`):
    the per-session statistics of :mod:`rulefinder.features` as trajectories over relative
