@@ -558,3 +558,30 @@ def test_a_bug_in_our_code_is_not_reported_as_a_damaged_file(tmp_path, monkeypat
     monkeypatch.setattr(nwb_module, "_ophys_container", broken)
     with pytest.raises(KeyError, match="a bug of ours"):
         load_nwb(_sessions(tmp_path))
+
+
+@pytest.mark.parametrize("what", ["shape", "chunk shape"])
+def test_zarr_zip_declaring_a_huge_shape_is_refused_before_loading(tmp_path, what):
+    """A damaged zarr.json can declare a shape whose chunks are missing, or a chunk far larger
+    than the array: loading would allocate it (filled from the fill value) without bound.
+    Found by the slow fuzz tier (14.8 GB of RSS)."""
+    import json
+
+    rec = make_recording(np.random.default_rng(0).normal(size=(3, 4, 5)))
+    good = save_zarr_zip(rec, tmp_path / "good.zarr.zip", zarr_format=3)
+    bad = tmp_path / "bad.zarr.zip"
+    with zipfile.ZipFile(good) as zin, zipfile.ZipFile(bad, "w") as zout:
+        for info in zin.infolist():
+            data = zin.read(info)
+            if info.filename.endswith("zarr.json"):
+                meta = json.loads(data)
+                if "unit" in (meta.get("dimension_names") or []):
+                    axis = meta["dimension_names"].index("unit")
+                    if what == "shape":
+                        meta["shape"][axis] = 10**9
+                    else:
+                        meta["chunk_grid"]["configuration"]["chunk_shape"][axis] = 10**9
+                    data = json.dumps(meta).encode()
+            zout.writestr(info, data)
+    with pytest.raises(RecordingError, match=f"declares {what} " + r"\(3, 4, 1000000000\)"):
+        load_recording(bad)

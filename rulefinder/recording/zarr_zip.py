@@ -15,6 +15,7 @@ import warnings
 import zipfile
 from pathlib import Path, PurePosixPath
 
+import numpy as np
 import xarray as xr
 
 from rulefinder.recording.archive import check_declared_size, checked_members, iter_member, open_zip
@@ -132,6 +133,20 @@ def load_zarr_zip(path: str | Path, *, source: str | None = None) -> xr.DataArra
                 raise RecordingError(
                     src, "responses", f"responses has dims {tuple(var.dims)}: expected {DIMS}"
                 )
+            # Metadata declares the shapes and chunks are filled in from the fill value where
+            # missing, so a damaged shape would allocate without bound: check before loading.
+            limit = get_settings().max_unpacked_bytes
+            # A chunk is decoded into a buffer of its declared chunk shape: check that too.
+            for name, v in [("responses", var), *var.coords.items()]:
+                item = max(8, int(v.dtype.itemsize))  # float64 once loaded
+                for what, shape in (("shape", v.shape), ("chunk shape", v.encoding.get("chunks") or ())):
+                    declared = int(np.prod([int(n) for n in shape], dtype=np.float64)) * item if shape else 0
+                    if declared > limit:
+                        raise RecordingError(
+                            src, str(name),
+                            f"declares {what} {tuple(int(n) for n in shape)} ({declared} bytes), more than "
+                            f"RULEFINDER_MAX_UNPACKED_BYTES ({limit}): a damaged or oversized store",
+                        )
             with damaged:  # chunks are decoded here: codec errors, chunks of the wrong size
                 var = var.load()
 
