@@ -23,7 +23,9 @@ LRS = {"sgd": [0.01, 0.03, 0.1, 0.3, 1.0], "adam": [3e-4, 1e-3, 3e-3, 1e-2, 3e-2
 EPOCHS = 5
 RULE_EPOCHS = {"node_perturbation": 20}  # canonical (one-pass) node perturbation: see test_zoo_learning
 # ... and 20 through a resmlp skip, where the random-feature baseline is strong (its plateau)
-RESMLP_RULE_EPOCHS = {"node_perturbation": 20}
+# Forward-Forward through a resmlp skip (its normalised input added to each layer's output)
+# needs 20 epochs too, as measured with the unit-RMS default
+RESMLP_RULE_EPOCHS = {"node_perturbation": 20, "forward_forward": 20}
 BATCH = 32
 WIDTH = 32  # narrow enough that random hidden features are clearly worse than learned ones
 HALF_GAIN = 0.5
