@@ -207,6 +207,29 @@ def test_krotov_hopfield_anneals_then_trains_the_readout_on_frozen_features():
     assert float(after.weights[-1].abs().max()) > 0.0
 
 
+@pytest.mark.parametrize("rule_id", ["hebbian", "krotov_hopfield"])
+def test_trainer_sizes_the_unsupervised_phase_to_a_short_run(rule_id):
+    """A run shorter than the rule's default unsupervised phase (2000 examples) still trains its
+    readout: the trainer calls the rule's ``plan`` hook with the run's length, so the phase ends
+    after ``hidden_fraction`` of the steps (without the call the readout never moves)."""
+    from training_zoo.tasks import Task
+    from training_zoo.trainer import train_population
+
+    g = torch.Generator().manual_seed(0)
+    n, batch = 64, 8
+    x, y = torch.randn(n, 7, generator=g), torch.randint(0, 4, (n,), generator=g)
+    task = Task("tiny", x, y, x[:16], y[:16], x[:4], y[:4], 4, (1, 1, 7))
+    net = DenseStack([7, 6, 4], M, activation="relu", generator=g)
+    before = [w.detach().clone() for w in net.weights]
+    rule = get_rule(rule_id)()
+    assert rule.hidden_examples > n  # one epoch would end inside the default phase
+    res = train_population(rule, net, task, lr=0.05, epochs=1, batch_size=batch, final_eval=False)
+    steps = n // batch
+    assert res["state"]["hidden_examples"] == round(rule.hidden_fraction * steps) * batch
+    assert not torch.equal(net.weights[0], before[0])  # the unsupervised phase ran ...
+    assert not torch.equal(net.weights[-1], before[-1])  # ... and the readout trained after it
+
+
 def test_softhebb_losers_are_anti_hebbian_and_the_step_is_max_normalised():
     """Journé et al. 2023: the winner moves towards the input, every other unit away from it
     (soft anti-Hebbian), and the layer's step is divided by its largest entry."""

@@ -66,7 +66,9 @@ def rule_logits(net, x, rule=None, state=None) -> torch.Tensor:
     in ``net.forward``'s layout, and ``rule.predict(net, state, x) -> scores (M, B, C)`` for
     classification (the class with the highest score wins). A third hook,
     ``rule.bind_optimizer(state, make)``, is called by :func:`train_population` with
-    ``make(params) -> optimizer`` of the population's kind and settings.
+    ``make(params) -> optimizer`` of the population's kind and settings, and a fourth,
+    ``rule.plan(state, total_steps, batch_size)``, once before the first step with the run's
+    length.
     """
     if rule is not None and hasattr(rule, "forward"):
         return rule.forward(net, state, x)[1][-1]
@@ -156,6 +158,8 @@ def train_population(
     total = int(math.ceil(epochs * per_epoch))
     if max_steps is not None:
         total = min(total, int(max_steps))
+    if hasattr(rule, "plan"):  # phases sized to this run (the Hebbian rules' unsupervised phase)
+        rule.plan(state, total, batch_size)
     ckpts = sorted(set(int(c) for c in checkpoints)) if checkpoints is not None else []
     if ckpts and recorder is None:
         raise ValueError("checkpoints were given without a recorder")

@@ -60,10 +60,10 @@ class CompetitiveHebbian(LearningRule):
     :meth:`plasticity`; after that they are frozen and the linear readout learns by the delta
     rule, :math:`\Delta W_L \propto (y - \mathrm{softmax}(z))\,h_{L-1}^\top` (the cross-entropy
     gradient of a linear classifier on frozen features). ``concurrent_readout`` trains the
-    readout from the first step instead (a linear probe running alongside). The length of the
-    unsupervised phase can be set per run from the planned number of steps through
-    :meth:`plan` (``hidden_fraction`` of them), which a trainer may call; otherwise
-    ``hidden_examples`` applies.
+    readout from the first step instead (a linear probe running alongside). The trainer sizes
+    the unsupervised phase to the run through :meth:`plan`: ``hidden_fraction`` of its steps,
+    so that a run of an epoch or less still trains its readout. ``hidden_examples`` applies
+    only where nobody calls :meth:`plan` (a rule stepped by hand).
 
     Hidden layers have no biases of their own: :meth:`init_state` sets them to zero. With
     ``centre`` (``"all"`` layers or those ``"above_first"``) a layer's input is centred on its
@@ -170,9 +170,9 @@ class Hebbian(CompetitiveHebbian):
     mean, the mean-subtracting part of the batch normalisation in front of every SoftHebb
     layer, folded into the bias (``centre="all"``; see :class:`CompetitiveHebbian`). The
     zoo's forward pass keeps its own activation (SoftHebb's triangle activation and pooling
-    are not part of the zoo's architectures). After the unsupervised phase (about 2000
-    examples by default, about one epoch of digits, as Journé et al. train SoftHebb layers for
-    one epoch) a linear readout is trained on the frozen features.
+    are not part of the zoo's architectures). After the unsupervised phase (``hidden_fraction``
+    0.3 of the run's steps, about one epoch of a zoo run of 2-4 epochs, as Journé et al. train
+    SoftHebb layers for one epoch) a linear readout is trained on the frozen features.
 
     Default temperature :math:`\tau = 0.1` (``t_invert`` 10): with the zoo's input scales the
     currents are O(1), and :math:`\tau = 1` leaves the competition too soft to form
