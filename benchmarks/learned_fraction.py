@@ -179,6 +179,12 @@ def render(results: dict) -> str:
 
 def write_section(path: Path, section: str, verify: bool = False) -> None:
     start, end = (m.replace("fraction", "fraction-verify") for m in (START, END)) if verify else (START, END)
+    replace_section(path, section, start, end)
+
+
+def replace_section(path: Path, section: str, start: str, end: str) -> None:
+    """Put ``section`` (which starts with ``start`` and ends with ``end``) in place of the page's
+    section between those markers, or append it."""
     text = path.read_text() if path.exists() else ""
     if start in text and end in text:
         head, rest = text.split(start, 1)

@@ -169,10 +169,12 @@ def main() -> None:
         seconds = time.perf_counter() - t0
     out = Path(args.out)
     text = render(results, args.quick, seconds)
-    # benchmarks/learned_fraction.py owns its sections at the end of the same page: keep them
+    # benchmarks/learned_fraction.py and rule_hyperparameters.py own their sections at the end
+    # of the same page: keep them
     old = out.read_text() if out.exists() else ""
-    if "<!-- learned-fraction" in old:
-        text = text.rstrip("\n") + "\n\n" + old[old.index("<!-- learned-fraction"):]
+    kept = [old.index(m) for m in ("<!-- learned-fraction", "<!-- rule-hyperparameters") if m in old]
+    if kept:
+        text = text.rstrip("\n") + "\n\n" + old[min(kept):]
     out.write_text(text)
     results["all_pass"] = all(r["mnist5k"]["passes"] for r in results["rules"].values())
     results["seconds"] = round(seconds, 1)

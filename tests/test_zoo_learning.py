@@ -64,3 +64,24 @@ def test_rule_assigns_credit(rule_id, task, yardsticks):
         f"{rule_id}: accuracy {best['accuracy']:.3f} (best at {best['optimizer']} lr={best['lr']}); "
         f"baseline {base:.3f}, backprop {bp:.3f}, bar {kind}"
     )
+
+
+def test_validation_split_is_carved_from_the_training_data_only():
+    """Rule constants are chosen on ``validation_split`` (benchmarks/rule_hyperparameters.py):
+    its held-out part comes from the training split, never the test split."""
+    from training_zoo.tasks import Task, validation_split
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.arange(50, dtype=torch.float32).unsqueeze(1).repeat(1, 3)
+    y = torch.arange(50) % 5
+    test_x = -1.0 - torch.rand(10, 3, generator=g)
+    task = Task("toy", x, y, test_x, torch.arange(10) % 5, test_x[:2], torch.arange(2), 5, (1, 1, 3))
+    v = validation_split(task, fraction=0.2, seed=3)
+    assert (len(v.y_train), len(v.y_test)) == (40, 10)
+    ids = lambda t: set(t[:, 0].tolist())  # noqa: E731
+    assert ids(v.x_train) | ids(v.x_test) == ids(x) and not ids(v.x_train) & ids(v.x_test)
+    assert ids(v.x_probe) <= ids(v.x_test)
+    assert torch.equal(v.y_test, y[v.x_test[:, 0].long()])
+    assert torch.equal(validation_split(task, fraction=0.2, seed=3).x_test, v.x_test)
+    with pytest.raises(ValueError, match="empty split"):
+        validation_split(task, fraction=0.0)

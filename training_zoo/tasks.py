@@ -89,6 +89,30 @@ def _balanced_probe_index(y: np.ndarray, n_probe: int, n_classes: int, seed: int
     return np.asarray(out)
 
 
+def validation_split(task: Task, fraction: float = 0.2, seed: int = 0) -> Task:
+    """``task`` with its test split replaced by a validation split carved from its training split.
+
+    A random ``fraction`` of the training examples (fixed by ``seed``) becomes the returned task's
+    ``x_test``/``y_test`` (and its probes); the rest is its training set. The original test split
+    is not in the result at all, so a hyperparameter chosen on the returned task's "test" accuracy
+    was chosen without the test set. Inputs keep the standardisation of ``task`` (computed on its
+    whole training split, so no test statistics enter either).
+    """
+    n = len(task.y_train)
+    n_val = int(round(fraction * n))
+    if not 0 < n_val < n:
+        raise ValueError(f"validation fraction {fraction} of {n} training examples leaves an empty split")
+    order = torch.as_tensor(np.random.default_rng(seed).permutation(n))
+    val, train = order[:n_val], order[n_val:]
+    y_val = task.y_train[val]
+    probe = torch.as_tensor(_balanced_probe_index(y_val.cpu().numpy(), min(DEFAULT_PROBES, n_val),
+                                                  task.n_classes, seed))
+    return Task(
+        f"{task.name}/validation", task.x_train[train], task.y_train[train], task.x_train[val], y_val,
+        task.x_train[val][probe], y_val[probe], task.n_classes, task.input_shape,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # MNIST-1D (after Greydanus 2020): ten 12-point templates, padded, scaled, sheared, translated,
 # smoothed-noise corrupted and resampled to 40 points.
