@@ -19,6 +19,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+def transform_params(params: dict) -> dict:
+    """The estimator parameters its feature rows depend on, resolved with their defaults: a
+    change of classifier or calibration must not invalidate the stored rows."""
+    from rulefinder.classify.estimator import RuleIdentifier
+
+    resolved = RuleIdentifier(**params).get_params()
+    return {k: resolved[k] for k in ("n_times", "feature_set")}
+
+
 STAGES = ("train", "features", "fit", "evaluate", "register")
 
 
@@ -118,8 +129,8 @@ with warnings.catch_warnings():  # ``register`` (a stage) shadows BaseModel.regi
                 doc.update(self.model_dump(mode="json", exclude={"description"}))
             else:
                 doc[stage] = getattr(self, stage).model_dump(mode="json", exclude={"budget_s", "shards_per_task"})
-                if stage == "features":  # the rows are the estimator's transform: its parameters too
-                    doc["estimator_params"] = self.fit.params
+                if stage == "features":  # the rows are the estimator's transform: the parameters that shape them
+                    doc["estimator_params"] = transform_params(self.fit.params)
             text = json.dumps(doc, sort_keys=True, default=str)
             return hashlib.sha256(text.encode()).hexdigest()
 
