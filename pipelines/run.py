@@ -25,6 +25,7 @@ import json
 import logging
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -177,7 +178,7 @@ class Pipeline:
         import ray
 
         from rulefinder.store import ZooStore
-        from rulefinder.store.features import complete_features
+        from rulefinder.store.features import complete_features, ensure_features_group
 
         rep = self.stages["features"]
         cfg = self.config.features
@@ -187,6 +188,8 @@ class Pipeline:
         wanted = [s.shard_id for s in self.shards if s.shard_id in stored]
         done = complete_features(self.store_url, fingerprint, storage_options=self.storage_options)
         todo = [k for k in wanted if k not in done]
+        ensure_features_group(self.store_url, storage_options=self.storage_options)
+        session = uuid.uuid4().hex  # workers keep their opened store for this stage only
         settings = cfg.model_dump(mode="json", exclude={"budget_s", "shards_per_task"})
         remote = ray.remote(_features_task).options(
             max_retries=self.config.train.max_retries, retry_exceptions=True, num_cpus=1
@@ -197,7 +200,7 @@ class Pipeline:
         batches = [todo[i:i + per_task] for i in range(0, len(todo), per_task)]
         refs = {remote.remote(batch, self.store_url, settings, fingerprint,
                               estimator_params=self.config.fit.params,
-                              storage_options=self.storage_options,
+                              storage_options=self.storage_options, session=session,
                               threads=self.config.train.threads_per_task): ",".join(batch) for batch in batches}
         weight = {",".join(b): len(b) for b in batches}
         with tqdm(total=len(wanted), initial=len(wanted) - len(todo), desc="features", unit="shard",

@@ -12,10 +12,18 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import zlib
 
 log = logging.getLogger(__name__)
+
+# The store a features task opened, kept for the next task this worker process runs in the
+# same stage (Ray reuses workers): opening a store and building its network table parses every
+# shard's listing, seconds for a 1,296-network zoo, which once per task cost more than the
+# features of a task's shards. Keyed by (url, the stage's session token): nothing but feature
+# groups is written during a features stage, and a new stage or run passes a new token.
+_OPEN_STORE: dict[tuple[str, str], object] = {}
 
 
 def pin_threads(n: int) -> None:
@@ -29,11 +37,10 @@ def pin_threads(n: int) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(limits=n)
-    try:
-        import torch
-    except ImportError:  # the features stage needs no torch
-        return
-    torch.set_num_threads(n)
+    # Only a torch that is already loaded: the features stage needs none (importing it costs
+    # seconds per worker), and a torch imported later reads OMP_NUM_THREADS set above.
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n)
 
 
 def _where() -> dict:
@@ -58,6 +65,8 @@ def train_shard(
 ) -> dict:
     """Train ``shard`` (a :class:`training_zoo.spec.Shard` as a dict) and write it to the store."""
     t0 = time.perf_counter()
+    import torch  # noqa: F401  (loaded before pin_threads, which sets its thread count)
+
     pin_threads(threads)
     from rulefinder.store import ZooStore
     from training_zoo.shard import run_shard
@@ -139,10 +148,26 @@ def shard_features(
     }
 
 
-def features_batch(shard_ids: list[str], store_url: str, settings: dict, fingerprint: str, **kwargs) -> list[dict]:
-    """:func:`shard_features` for several shards with one opened store (opening a store and
-    listing it costs more than a small shard's features on a busy machine)."""
+def features_batch(
+    shard_ids: list[str], store_url: str, settings: dict, fingerprint: str, *, session: str | None = None, **kwargs
+) -> list[dict]:
+    """:func:`shard_features` for several shards with one opened store.
+
+    With a ``session`` token (the driver passes one per features stage) the opened store is
+    also kept for this worker's next task of the same session.
+    """
+    store = _open_store(store_url, kwargs.get("storage_options"), session)
+    return [shard_features(k, store_url, settings, fingerprint, _store=store, **kwargs) for k in shard_ids]
+
+
+def _open_store(store_url: str, storage_options: dict | None, session: str | None):
     from rulefinder.store import ZooStore
 
-    store = ZooStore.open(store_url, storage_options=kwargs.get("storage_options"))
-    return [shard_features(k, store_url, settings, fingerprint, _store=store, **kwargs) for k in shard_ids]
+    key = (store_url, session or "")
+    if session is not None and key in _OPEN_STORE:
+        return _OPEN_STORE[key]
+    store = ZooStore.open(store_url, storage_options=storage_options)
+    _OPEN_STORE.clear()
+    if session is not None:
+        _OPEN_STORE[key] = store
+    return store
