@@ -139,7 +139,7 @@ class Pipeline:
                 "pass --resume to continue that run, or another --store/--out"
             )
         done = store.complete_shards() if self.resume else set()
-        todo = [s for s in self.shards if s.shard_id not in done]
+        todo = interleave_rules([s for s in self.shards if s.shard_id not in done])
         use_gpu = cfg.device == "cuda" or (cfg.device == "auto" and self.cluster.gpus > 0)
         if cfg.device == "cuda" and self.cluster.gpus == 0:
             raise PipelineError("train.device is cuda but the cluster has no GPUs")
@@ -301,6 +301,19 @@ class Pipeline:
             "failed": self.failed,
             "shards_per_node": self.nodes,
         }
+
+
+def interleave_rules(shards: list) -> list:
+    """The shards round-robin over rules (each rule's own order kept): a run stopped early, or
+    a store grown over several ``--resume`` runs, holds every rule in like measure."""
+    by_rule: dict[str, list] = {}
+    for s in shards:
+        by_rule.setdefault(s.rule, []).append(s)
+    queues = list(by_rule.values())
+    out = []
+    for i in range(max((len(q) for q in queues), default=0)):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
 
 
 # Module-level functions (not closures), so Ray pickles them by reference.

@@ -243,3 +243,13 @@ def test_the_packaged_default_is_never_a_run_name(tmp_path, monkeypatch):
     with pytest.raises(PipelineError, match="packaged"):
         Pipeline("smoke", name="default", out=tmp_path / "o").run()
     assert not (tmp_path / "o").exists()
+
+
+def test_shards_are_submitted_round_robin_over_rules():
+    from types import SimpleNamespace
+
+    from pipelines.run import interleave_rules
+
+    shards = [SimpleNamespace(rule=r, shard_id=f"{r}{i}") for r in ("a", "b", "c") for i in range(3 if r != "b" else 1)]
+    order = [s.shard_id for s in interleave_rules(shards)]
+    assert order == ["a0", "b0", "c0", "a1", "c1", "a2", "c2"]
