@@ -77,6 +77,8 @@ class Authenticator:
         return owner
 
 
-def current_owner(request: Request) -> str:
+async def current_owner(request: Request) -> str:
     """FastAPI dependency: the owner (API key) of the request, after the rate limit."""
+    # async on purpose: a plain ``def`` dependency costs a thread-pool round trip on every
+    # request, and the key lookup is one indexed read.
     return request.app.state.auth.owner(request)

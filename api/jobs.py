@@ -130,8 +130,7 @@ class JobRunner:
             self._waiters.setdefault(jid, []).append(entry)
         try:
             # The job may have ended between the caller's read and the registration above.
-            job = self.storage.get_job(jid)
-            if job is None or job.status in ("succeeded", "failed"):
+            if self.storage.job_status(jid) in (None, "succeeded", "failed"):
                 return
             try:
                 await asyncio.wait_for(event.wait(), timeout)

@@ -147,12 +147,31 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ApiError(413, f"upload of {declared} bytes is over the limit of {limit} bytes (RULEFINDER_MAX_UPLOAD_BYTES)")
     incoming = storage.new_incoming_dir()
+    handed_over = False
     try:
         try:
             parsed = await parse_multipart(request.headers.get("content-type"), request.stream(), incoming, limit)
             noise, area_order = _validate_fields(parsed.fields)
             if not parsed.files:
                 raise UploadError(422, "no file in the upload: expected files in a multipart part named 'files'")
+        except UploadError as exc:
+            raise ApiError(exc.status, exc.detail) from None
+        # The rest reads and writes files and SQLite: one trip to a worker thread keeps the event
+        # loop free for other requests meanwhile.
+        handed_over = True
+        row = await run_in_threadpool(_store_upload, request.app.state, owner, parsed, noise, area_order, incoming)
+        return _to_api(row)
+    finally:
+        if not handed_over:
+            shutil.rmtree(incoming, ignore_errors=True)
+
+
+def _store_upload(state, owner: str, parsed, noise: str, area_order: list[str] | None, incoming: Path) -> RecordingRow:
+    """Recognise, load and validate a parsed upload, then store it: blobs first, then the row,
+    so a recording row never points at missing bytes. Removes ``incoming`` in every case."""
+    storage = state.storage
+    try:
+        try:
             formats = [sniff_format(f.path, f.filename) for f in parsed.files]
         except UploadError as exc:
             raise ApiError(exc.status, exc.detail) from None
@@ -173,7 +192,7 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
             f.path = p
             paths.append(p)
         try:
-            rec, notes = await run_in_threadpool(load_files, fmt, paths, names, area_order, settings.max_unpacked_bytes)
+            rec, notes = load_files(fmt, paths, names, area_order, state.settings.max_unpacked_bytes)
         except RecordingError as exc:
             status = 413 if "expected at most" in exc.reason and "unpacks" in exc.reason else 422
             raise ApiError(status, str(exc)) from None
@@ -181,8 +200,6 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
         summary = summarize(rec, source=label, warnings=notes)
         files = [StoredFile(f.filename, f.sha256, f.size) for f in parsed.files]
         rid = recording_id(owner, files, noise, area_order)
-        for f in parsed.files:
-            storage.commit_blob(owner, f.sha256, f.path)
         row = storage.add_recording(
             RecordingRow(
                 id=rid,
@@ -194,10 +211,11 @@ async def upload_recording(request: Request, owner: Annotated[str, Depends(curre
                 summary=summary.model_dump(mode="json"),
                 warnings=summary.warnings,
                 files=files,
-            )
+            ),
+            blobs={f.sha256: f.path for f in parsed.files},
         )
-        request.app.state.jobs.cache.put(owner, row.id, rec)
-        return _to_api(row)
+        state.jobs.cache.put(owner, row.id, rec)
+        return row
     finally:
         shutil.rmtree(incoming, ignore_errors=True)
 

@@ -152,11 +152,12 @@ class Storage:
         # Guards "does any recording still use this blob" against a concurrent upload of the
         # same bytes (one server process owns the directory).
         self._blob_lock = threading.Lock()
-        self._conn().conn.executescript(SCHEMA)
+        self._write_lock = threading.Lock()
+        self._connection().executescript(SCHEMA)
         self._clean_incoming()
 
     # -- plumbing -------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
+    def _connection(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(self.db_path, timeout=30.0, isolation_level=None, check_same_thread=False)
@@ -164,7 +165,18 @@ class Storage:
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             self._local.conn = conn
-        return _Tx(conn)
+        return conn
+
+    def _write(self) -> "_Tx":
+        # Writers of this process queue on a lock instead of in SQLite's busy handler, which
+        # sleeps in steps of milliseconds and would stall the event loop; the busy timeout is
+        # still there for other processes (``rulefinder keys``).
+        return _Tx(self._connection(), "BEGIN IMMEDIATE", self._write_lock)
+
+    def _read(self) -> "_Tx":
+        # A deferred transaction: one consistent WAL snapshot that neither waits for nor blocks
+        # a writer.
+        return _Tx(self._connection(), "BEGIN", None)
 
     def _clean_incoming(self) -> None:
         # Partial uploads of a server that died mid-request are garbage.
@@ -189,7 +201,7 @@ class Storage:
             raise ValueError(f"key name {name!r}: expected 1-100 letters, digits, '-', '_' or '.'")
         key = "rf_" + secrets.token_urlsafe(32)
         owner = "k_" + secrets.token_hex(8)
-        with self._conn() as conn:
+        with self._write() as conn:
             row = conn.execute("SELECT revoked FROM api_keys WHERE name = ?", (name,)).fetchone()
             if row is not None and row[0] is None:
                 raise ValueError(f"key name {name!r} exists: expected a new name (or revoke it first)")
@@ -202,12 +214,12 @@ class Storage:
         return key
 
     def list_keys(self) -> list[KeyRow]:
-        with self._conn() as conn:
+        with self._read() as conn:
             rows = conn.execute("SELECT name, owner, created, revoked FROM api_keys ORDER BY created").fetchall()
         return [KeyRow(*r) for r in rows]
 
     def revoke_key(self, name: str) -> None:
-        with self._conn() as conn:
+        with self._write() as conn:
             cur = conn.execute(
                 "UPDATE api_keys SET revoked = ? WHERE name = ? AND revoked IS NULL", (time.time(), name)
             )
@@ -215,26 +227,34 @@ class Storage:
                 raise KeyError(f"no active key named {name!r}")
 
     def owner_of_key(self, key: str) -> str | None:
-        with self._conn() as conn:
+        with self._read() as conn:
             row = conn.execute(
                 "SELECT owner FROM api_keys WHERE key_hash = ? AND revoked IS NULL", (hash_key(key),)
             ).fetchone()
         return row[0] if row else None
 
     # -- recordings -----------------------------------------------------------------------
-    def commit_blob(self, owner: str, sha256: str, temp: Path) -> None:
-        """Move a verified upload into the owner's blob store (no-op if the bytes are there)."""
+    def _commit_blob(self, owner: str, sha256: str, temp: Path) -> None:
+        # Caller holds _blob_lock.
         dest = self.blob_path(owner, sha256)
-        with self._blob_lock:
-            if dest.exists():
-                temp.unlink(missing_ok=True)
-                return
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, dest)
+        if dest.exists():
+            temp.unlink(missing_ok=True)
+            return
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, dest)
 
-    def add_recording(self, row: RecordingRow) -> RecordingRow:
-        """Insert (idempotently: the same id returns the stored row)."""
-        with self._blob_lock, self._conn() as conn:
+    def add_recording(self, row: RecordingRow, blobs: dict[str, Path] | None = None) -> RecordingRow:
+        """Move verified uploads (``blobs``: sha256 -> temporary file) into the owner's blob store
+        and insert the row (idempotently: the same id returns the stored row). One lock covers
+        both, so a concurrent delete of another recording with the same bytes cannot remove a
+        blob between its move and the row that keeps it."""
+        with self._blob_lock:
+            for sha, temp in (blobs or {}).items():
+                self._commit_blob(row.owner, sha, temp)
+            return self._insert_recording(row)
+
+    def _insert_recording(self, row: RecordingRow) -> RecordingRow:
+        with self._write() as conn:
             existing = self._get_recording(conn, row.owner, row.id)
             if existing is not None:
                 return existing
@@ -283,11 +303,11 @@ class Storage:
         )
 
     def get_recording(self, owner: str, rid: str) -> RecordingRow | None:
-        with self._conn() as conn:
+        with self._read() as conn:
             return self._get_recording(conn, owner, rid)
 
     def list_recordings(self, owner: str, limit: int = 1000, offset: int = 0) -> list[RecordingRow]:
-        with self._conn() as conn:
+        with self._read() as conn:
             ids = conn.execute(
                 "SELECT id FROM recordings WHERE owner = ? ORDER BY created DESC, id LIMIT ? OFFSET ?",
                 (owner, limit, offset),
@@ -297,7 +317,7 @@ class Storage:
     def delete_recording(self, owner: str, rid: str) -> bool:
         """Delete a recording, the predictions that used it, and blobs no other recording uses."""
         with self._blob_lock:
-            with self._conn() as conn:
+            with self._write() as conn:
                 shas = [
                     s
                     for (s,) in conn.execute(
@@ -329,14 +349,14 @@ class Storage:
         return True
 
     def expired_recordings(self, older_than: float) -> list[tuple[str, str]]:
-        with self._conn() as conn:
+        with self._read() as conn:
             return conn.execute("SELECT owner, id FROM recordings WHERE created < ?", (older_than,)).fetchall()
 
     # -- jobs -----------------------------------------------------------------------------
     def add_job(self, owner: str, recording_ids: list[str], model: str | None) -> JobRow:
         jid = "pred_" + secrets.token_hex(12)
         now = time.time()
-        with self._conn() as conn:
+        with self._write() as conn:
             conn.execute(
                 "INSERT INTO jobs (id, owner, model, status, created, updated) VALUES (?, ?, ?, 'queued', ?, ?)",
                 (jid, owner, model, now, now),
@@ -348,7 +368,7 @@ class Storage:
         return JobRow(jid, owner, list(recording_ids), model, "queued", None, None, now, now, 0)
 
     def get_job(self, jid: str, owner: str | None = None) -> JobRow | None:
-        with self._conn() as conn:
+        with self._read() as conn:
             r = conn.execute(
                 "SELECT id, owner, model, status, result, error, created, updated, attempts FROM jobs WHERE id = ?",
                 (jid,),
@@ -374,9 +394,14 @@ class Storage:
             attempts=r[8],
         )
 
+    def job_status(self, jid: str) -> str | None:
+        """Just the status (one indexed read): what a long poll checks."""
+        row = self._connection().execute("SELECT status FROM jobs WHERE id = ?", (jid,)).fetchone()
+        return row[0] if row else None
+
     def start_job(self, jid: str) -> bool:
         """queued -> running; False if the job is gone or not queued (deleted meanwhile)."""
-        with self._conn() as conn:
+        with self._write() as conn:
             cur = conn.execute(
                 "UPDATE jobs SET status = 'running', attempts = attempts + 1, updated = ? "
                 "WHERE id = ? AND status = 'queued'",
@@ -386,7 +411,7 @@ class Storage:
 
     def finish_job(self, jid: str, result: dict | None = None, error: str | None = None) -> None:
         status = "succeeded" if error is None else "failed"
-        with self._conn() as conn:
+        with self._write() as conn:
             conn.execute(
                 "UPDATE jobs SET status = ?, result = ?, error = ?, updated = ? WHERE id = ?",
                 (status, json.dumps(result) if result is not None else None, error, time.time(), jid),
@@ -394,7 +419,7 @@ class Storage:
 
     def requeue_unfinished(self) -> list[str]:
         """After a restart: running jobs go back to queued; returns every queued job, oldest first."""
-        with self._conn() as conn:
+        with self._write() as conn:
             conn.execute("UPDATE jobs SET status = 'queued', updated = ? WHERE status = 'running'", (time.time(),))
             return [j for (j,) in conn.execute("SELECT id FROM jobs WHERE status = 'queued' ORDER BY created, id")]
 
@@ -406,17 +431,28 @@ class Storage:
 
 
 class _Tx:
-    """``with`` = one transaction (BEGIN IMMEDIATE ... COMMIT/ROLLBACK) on a thread's connection."""
+    """``with`` = one transaction (``begin`` ... COMMIT/ROLLBACK) on a thread's connection,
+    holding ``lock`` (if any) throughout."""
 
-    def __init__(self, conn: sqlite3.Connection):
+    def __init__(self, conn: sqlite3.Connection, begin: str, lock: threading.Lock | None):
         self.conn = conn
+        self.begin = begin
+        self.lock = lock
 
     def __enter__(self) -> sqlite3.Connection:
-        self.conn.execute("BEGIN IMMEDIATE")
+        if self.lock is not None:
+            self.lock.acquire()
+        try:
+            self.conn.execute(self.begin)
+        except BaseException:
+            if self.lock is not None:
+                self.lock.release()
+            raise
         return self.conn
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.conn.execute("COMMIT")
-        else:
-            self.conn.execute("ROLLBACK")
+        try:
+            self.conn.execute("COMMIT" if exc_type is None else "ROLLBACK")
+        finally:
+            if self.lock is not None:
+                self.lock.release()

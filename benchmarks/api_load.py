@@ -5,11 +5,15 @@ result (long poll, ``?wait=30``, as the client does), delete the recording. ``--
 threads run cycles back to back for ``--duration`` seconds or ``--cycles`` cycles, whichever ends first (always bounded). The rate limit is set far
 above the load. Prints one JSON object:
 
-    p50_ms, p99_ms            cycle latency
+    p50_ms, p99_ms            cycle latency (phase_p50_ms: upload, predict, poll, delete)
     throughput_rps            cycles per second (requests per second: requests_per_s)
-    cpu_ms_per_request        server CPU (user + system) per HTTP request; cpu_ms_per_cycle too
+    cpu_ms_per_request        server CPU (user + system) per HTTP request; cpu_ms_per_cycle too,
+                              and client_cpu_ms_per_cycle for the load generator on the same cores
     errors                    failed requests or cycles
-    rss_mb_start, rss_mb_end  server RSS at cycle --rss-from (or after warm-up) and at the end
+    rss_mb_start, rss_mb_end  server RSS at cycle --rss-from (or after warm-up) and at the end;
+                              rss_mb_at_500 and rss_growth_mb from cycle --rss-mark (500) to the
+                              end, rss_timeline_mb every --rss-every cycles, server threads and
+                              open files at the mark and the end (leak checks)
 
 Targets (issue #11, 2 cores): 1 client p50 <= 100 ms; 16 clients >= 30 cycles/s, 0 errors,
 p99 <= 2 s; RSS growth <= 50 MB from cycle 500 to 10,000.
@@ -141,25 +145,37 @@ def run(args) -> dict:
         shutil.rmtree(work, ignore_errors=True)
 
 
+PHASES = ("upload", "predict", "poll", "delete")
+
+
 def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
     recordings = Recordings()
     latencies: list[float] = []
+    phases: dict[str, list[float]] = {k: [] for k in PHASES}
     errors: list[str] = []
     lock = threading.Lock()
     counters = {"cycles": 0, "requests": 0}
-    rss = {}
+    marks: dict = {}
+    timeline: list[list[float]] = []
     stop = threading.Event()
+    me = psutil.Process()
 
-    def one_cycle(http: httpx.Client) -> int:
+    def server_state() -> dict:
+        return {"rss": proc.memory_info().rss, "threads": proc.num_threads(), "fds": proc.num_fds()}
+
+    def one_cycle(http: httpx.Client, times: dict) -> int:
         n = 0
+        t = time.perf_counter()
         r = http.post("/v1/recordings", files=[("files", ("load.npz", recordings.next(), "application/octet-stream"))])
         n += 1
         r.raise_for_status()
         rid = r.json()["id"]
+        t, times["upload"] = time.perf_counter(), time.perf_counter() - t
         r = http.post("/v1/predictions", json={"recording_ids": [rid]})
         n += 1
         r.raise_for_status()
         pid = r.json()["id"]
+        t, times["predict"] = time.perf_counter(), time.perf_counter() - t
         t_end = time.monotonic() + 120
         while True:  # long poll, as the client does
             r = http.get(f"/v1/predictions/{pid}", params={"wait": 30})
@@ -170,17 +186,20 @@ def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
                 break
             if status == "failed" or time.monotonic() > t_end:
                 raise RuntimeError(f"prediction {status}: {r.json().get('error')}")
+        t, times["poll"] = time.perf_counter(), time.perf_counter() - t
         r = http.delete(f"/v1/recordings/{rid}")
         n += 1
         r.raise_for_status()
+        times["delete"] = time.perf_counter() - t
         return n
 
     def client_loop() -> None:
         with httpx.Client(base_url=url, timeout=60) as http:
             while not stop.is_set():
                 t0 = time.perf_counter()
+                times: dict = {}
                 try:
-                    n = one_cycle(http)
+                    n = one_cycle(http, times)
                 except Exception as exc:  # noqa: BLE001 - counted, reported
                     with lock:
                         errors.append(f"{type(exc).__name__}: {exc}"[:300])
@@ -189,37 +208,55 @@ def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
                 with lock:
                     counters["cycles"] += 1
                     counters["requests"] += n
-                    if counters["cycles"] > args.warmup:
+                    cycle = counters["cycles"]
+                    if cycle > args.warmup:
                         latencies.append(dt)
-                    if counters["cycles"] == max(args.warmup, args.rss_from) and "start" not in rss:
-                        rss["start"] = proc.memory_info().rss
-                        rss["cpu0"] = sum(proc.cpu_times()[:2])
-                        rss["req0"] = counters["requests"]
-                        rss["t0"] = time.monotonic()
-                        rss["c0"] = counters["cycles"]
-                    if counters["cycles"] >= args.cycles:
+                        for k in PHASES:
+                            phases[k].append(times[k])
+                    if cycle == max(args.warmup, args.rss_from) and "start" not in marks:
+                        marks["start"] = server_state()
+                        marks["cpu0"] = sum(proc.cpu_times()[:2])
+                        marks["client_cpu0"] = sum(me.cpu_times()[:2])
+                        marks["req0"] = counters["requests"]
+                        marks["t0"] = time.monotonic()
+                        marks["c0"] = cycle
+                    if cycle == args.rss_mark:
+                        marks["mark"] = server_state()
+                    if cycle % args.rss_every == 0:
+                        timeline.append([cycle, round(proc.memory_info().rss / 2**20, 1)])
+                    if cycle >= args.cycles:
                         stop.set()
 
     with httpx.Client(base_url=url, timeout=300) as http:
-        one_cycle(http)  # loads the model in the server: not part of the measurement
+        one_cycle(http, {})  # loads the model in the server: not part of the measurement
     threads = [threading.Thread(target=client_loop, daemon=True) for _ in range(args.clients)]
+    load_start = os.getloadavg()[0]
+    rss_max = proc.memory_info().rss
     t_start = time.monotonic()
     for t in threads:
         t.start()
     while not stop.is_set() and time.monotonic() - t_start < args.duration:
-        time.sleep(0.1)
+        time.sleep(0.25)
+        rss_max = max(rss_max, proc.memory_info().rss)
     stop.set()
     for t in threads:
         t.join(timeout=130)
     t_end = time.monotonic()
-    rss_end = proc.memory_info().rss
+    end = server_state()
     cpu_end = sum(proc.cpu_times()[:2])
-    if "start" not in rss:  # too short a run to pass the warm-up
+    client_cpu_end = sum(me.cpu_times()[:2])
+    if "start" not in marks:  # too short a run to pass the warm-up
         raise RuntimeError(f"only {counters['cycles']} cycles in {args.duration} s: raise --duration; errors {errors[:3]}")
-    measured_cycles = counters["cycles"] - rss["c0"]
-    measured_requests = counters["requests"] - rss["req0"]
-    elapsed = t_end - rss["t0"]
-    lat = np.array(latencies) * 1000 if latencies else np.array([np.nan])
+    measured_cycles = counters["cycles"] - marks["c0"]
+    measured_requests = counters["requests"] - marks["req0"]
+    elapsed = t_end - marks["t0"]
+    server_cpu = cpu_end - marks["cpu0"]
+
+    def pct(values: list[float], q: float) -> float:
+        return round(float(np.percentile(np.array(values) * 1000, q)), 1) if values else float("nan")
+
+    mb = lambda b: round(b / 2**20, 1)  # noqa: E731
+    mark = marks.get("mark")
     return {
         "benchmark": "api_load",
         "clients": args.clients,
@@ -227,21 +264,32 @@ def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
         "model": model,
         "cycles": counters["cycles"],
         "measured_cycles": measured_cycles,
-        "warmup_cycles": max(args.warmup, args.rss_from),
+        "warmup_cycles": marks["c0"],
         "duration_s": round(t_end - t_start, 1),
-        "p50_ms": round(float(np.percentile(lat, 50)), 1),
-        "p99_ms": round(float(np.percentile(lat, 99)), 1),
+        "p50_ms": pct(latencies, 50),
+        "p99_ms": pct(latencies, 99),
+        "phase_p50_ms": {k: pct(v, 50) for k, v in phases.items()},
         "throughput_rps": round(measured_cycles / elapsed, 2),
         "requests_per_s": round(measured_requests / elapsed, 1),
-        "cpu_ms_per_request": round(1000 * (cpu_end - rss["cpu0"]) / max(1, measured_requests), 2),
-        "cpu_ms_per_cycle": round(1000 * (cpu_end - rss["cpu0"]) / max(1, measured_cycles), 2),
+        "cpu_ms_per_request": round(1000 * server_cpu / max(1, measured_requests), 2),
+        "cpu_ms_per_cycle": round(1000 * server_cpu / max(1, measured_cycles), 2),
+        # The load generator runs on the same cores: its CPU is part of what 2 cores must carry.
+        "client_cpu_ms_per_cycle": round(1000 * (client_cpu_end - marks["client_cpu0"]) / max(1, measured_cycles), 2),
+        "server_cpu_cores": round(server_cpu / elapsed, 2),
         "errors": len(errors),
         "first_errors": errors[:3],
-        "rss_mb_start": round(rss["start"] / 2**20, 1),
-        "rss_mb_end": round(rss_end / 2**20, 1),
-        "rss_measured_from_cycle": rss["c0"],
+        "rss_mb_start": mb(marks["start"]["rss"]),
+        "rss_mb_end": mb(end["rss"]),
+        "rss_mb_max": mb(max(rss_max, end["rss"])),
+        "rss_measured_from_cycle": marks["c0"],
+        f"rss_mb_at_{args.rss_mark}": mb(mark["rss"]) if mark else None,
+        "rss_growth_mb": mb(end["rss"] - mark["rss"]) if mark else None,
+        "rss_growth_from_cycle": args.rss_mark if mark else None,
+        "rss_timeline_mb": timeline,
+        "server_threads": [mark["threads"] if mark else None, end["threads"]],
+        "server_open_fds": [mark["fds"] if mark else None, end["fds"]],
         "cpu_count": os.cpu_count(),
-        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "load_avg_1m": [round(load_start, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -252,6 +300,8 @@ def main() -> None:
     p.add_argument("--cycles", type=int, default=10**9, help="Stop after this many cycles.")
     p.add_argument("--warmup", type=int, default=20, help="Cycles left out of latency and throughput.")
     p.add_argument("--rss-from", type=int, default=0, help="Cycle at which rss_mb_start is taken (default: after warm-up).")
+    p.add_argument("--rss-mark", type=int, default=500, help="Cycle from which rss_growth_mb is counted (rss_mb_at_<N>).")
+    p.add_argument("--rss-every", type=int, default=1000, help="Cycles between rss_timeline_mb samples.")
     p.add_argument("--workers", type=int, default=2, help="Server prediction workers (RULEFINDER_WORKERS).")
     p.add_argument("--model-dir", default=None, help="Registry directory holding a 'default' model to serve.")
     args = p.parse_args()
