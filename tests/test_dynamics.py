@@ -1,0 +1,89 @@
+"""Learning-dynamics features (rulefinder.classify.dynamics): the activity clock and the spread
+of change, their invariances, and that they read what they claim to."""
+
+import numpy as np
+import pytest
+
+from rulefinder.classify.dynamics import (
+    activity_clock,
+    progress_feature_names,
+    progress_features,
+    spread_feature_names,
+    spread_features,
+)
+
+
+def _learning_block(rng, s=21, k=32, n=20, speed=1.0):
+    """Responses that move from a start to an end point along an exponential learning curve."""
+    start, end = rng.normal(size=(k, n)), rng.normal(size=(k, n))
+    t = np.linspace(0, 1, s)
+    frac = (1 - np.exp(-speed * 8 * t)) / (1 - np.exp(-speed * 8))
+    return start[None] + frac[:, None, None] * (end - start)[None], t
+
+
+def test_clock_runs_from_0_to_1_and_follows_learning_not_wall_time():
+    rng = np.random.default_rng(0)
+    fast, tau = _learning_block(rng, speed=2.0)
+    slow, _ = _learning_block(rng, speed=0.3)
+    c_fast, c_slow = activity_clock([fast], tau), activity_clock([slow], tau)
+    for c in (c_fast, c_slow):
+        assert c[0] == 0 and c[-1] == pytest.approx(1.0) and np.all(np.diff(c) >= 0)
+    # A fast learner is further along its clock at the same relative time.
+    assert c_fast[5] > c_slow[5] + 0.2
+
+
+def test_clock_falls_back_to_relative_time_when_nothing_changes():
+    tau = np.linspace(0, 1, 6)
+    block = np.repeat(np.random.default_rng(1).normal(size=(1, 8, 5)), 6, axis=0)
+    np.testing.assert_allclose(activity_clock([block], tau), tau)
+
+
+def test_progress_features_equalise_learning_speed():
+    """Two networks that learn the same thing at different speeds give the same statistics on
+    the activity clock, while on relative time they differ."""
+    rng = np.random.default_rng(2)
+    fast, tau = _learning_block(np.random.default_rng(3), speed=2.0)
+    slow, _ = _learning_block(np.random.default_rng(3), speed=0.5)
+
+    def stat(x):  # a statistic that moves with learning: mean response of each session
+        return x.mean(axis=(1, 2))[None, :, None]
+
+    f_fast = progress_features(stat(fast), activity_clock([fast], tau), 8)
+    f_slow = progress_features(stat(slow), activity_clock([slow], tau), 8)
+    np.testing.assert_allclose(f_fast, f_slow, atol=0.05 * np.abs(f_fast).max())
+    assert np.abs(stat(fast)[0, 5, 0] - stat(slow)[0, 5, 0]) > 0.05 * np.abs(f_fast).max()
+    assert f_fast.shape == (1, len(progress_feature_names(["mean"], 8)))
+    del rng
+
+
+def test_spread_features_invariant_to_unit_and_stimulus_order_and_scale():
+    rng = np.random.default_rng(4)
+    x, _ = _learning_block(rng, k=24, n=16)
+    x = x + 0.1 * rng.normal(size=x.shape)
+    f = spread_features(x)
+    assert f.shape == (len(spread_feature_names()),) and np.all(np.isfinite(f))
+    g = spread_features(3.7 * x[:, rng.permutation(24)][:, :, rng.permutation(16)])
+    np.testing.assert_allclose(f, g, rtol=1e-9, atol=1e-9)
+
+
+def test_spread_tells_even_from_concentrated_change():
+    """Change spread over every unit (Adam-like) vs carried by a few units."""
+    rng = np.random.default_rng(5)
+    base = rng.normal(size=(21, 30, 40))
+    base[:] = base[:1]
+    even = base + np.linspace(0, 1, 21)[:, None, None] * rng.normal(size=(1, 30, 40))
+    few = base.copy()
+    few[:, :, :4] += np.linspace(0, 1, 21)[:, None, None] * 3 * rng.normal(size=(1, 30, 4))
+    names = spread_feature_names()
+    gini = names.index("U_unit_gini_w4")
+    assert spread_features(few)[gini] > spread_features(even)[gini] + 0.3
+
+
+def test_clock_discounts_independent_noise():
+    """Noise adds the same floor to every distance from the first session; the clock removes
+    it, so a noisy recording keeps (about) the clean recording's clock."""
+    rng = np.random.default_rng(6)
+    clean, tau = _learning_block(rng, k=64, n=40, speed=0.5)
+    noisy = clean + 0.5 * clean.std() * rng.normal(size=clean.shape)
+    c_clean, c_noisy = activity_clock([clean], tau), activity_clock([noisy], tau)
+    assert np.abs(c_clean - c_noisy).max() < 0.15
