@@ -3,9 +3,13 @@
 The experiment of issue #13: 120 NPZ, 120 ``.zarr.zip`` and 60 NWB directories (30 of
 ``ophys_mouse``, 30 of ``ephys_units``, one session file damaged in each), damaged by bit
 flips, truncations, zeroed and duplicated byte spans (``tests/mutations.py``, kinds in turn,
-fixed seed). Each case is loaded with ``rulefinder.load_recording`` in a forked child with a
-time limit (libhdf5 can loop forever on a damaged file). Prints JSON: outcome counts per
-format (``loaded``, ``RecordingError``, ``hang``, or the name of any other exception).
+fixed seed). Each case is loaded with ``rulefinder.load_recording`` (default settings, as a
+user would) in a forked child with a time limit, so that a loader that never returns is
+counted, not waited for. NWB reads carry their own limit (``RULEFINDER_NWB_READ_TIMEOUT_S``,
+default 30 s, below ``--timeout``): libhdf5 can loop forever on a damaged file, and the
+loader then kills its reader process and raises ``RecordingError``. Prints JSON: outcome
+counts per format (``loaded``, ``RecordingError``, ``hang``, or the name of any other
+exception).
 
     .venv/bin/python benchmarks/damaged_recordings.py [--seed 0] [--timeout 60]
 """

@@ -41,6 +41,12 @@ class Settings(BaseSettings):
         description="Largest decompressed size of a .zarr.zip; larger archives are rejected as zip bombs.",
     )
     max_zip_members: int = Field(default=200_000, description="Most members in a .zarr.zip.")
+    nwb_read_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="Seconds one .nwb session file may take to read, in a reader process that is killed "
+        "after it (libhdf5 can loop forever on a damaged file); 0 reads in-process with no limit.",
+    )
 
 
 def is_loopback(host: str) -> bool:

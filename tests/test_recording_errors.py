@@ -549,15 +549,99 @@ def test_nwb_with_a_zeroed_object_header(tmp_path):
     _expect(lambda: load_nwb(paths), str(paths[0]), "damaged NWB (HDF5) file")
 
 
-def test_a_bug_in_our_code_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch):
+@pytest.fixture
+def nwb_timeout(monkeypatch):
+    """Set RULEFINDER_NWB_READ_TIMEOUT_S for one test (0: read in-process)."""
+
+    def set_timeout(seconds: float) -> None:
+        monkeypatch.setenv("RULEFINDER_NWB_READ_TIMEOUT_S", str(seconds))
+        get_settings.cache_clear()
+
+    yield set_timeout
+    monkeypatch.delenv("RULEFINDER_NWB_READ_TIMEOUT_S", raising=False)
+    get_settings.cache_clear()
+
+
+def test_a_bug_in_our_code_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch, nwb_timeout):
     from rulefinder.recording import nwb as nwb_module
 
     def broken(*args, **kwargs):
         raise KeyError("a bug of ours")
 
+    nwb_timeout(0)
     monkeypatch.setattr(nwb_module, "_ophys_container", broken)
     with pytest.raises(KeyError, match="a bug of ours"):
         load_nwb(_sessions(tmp_path))
+
+
+def _plant_in_reader(tmp_path, monkeypatch, code: str) -> None:
+    """Run the NWB reader process as a script that first runs ``code`` (a planted fault)."""
+    import sys
+
+    from rulefinder.recording import nwb_reader
+
+    script = tmp_path / "reader.py"
+    script.write_text(f"import rulefinder.recording.nwb_reader as r\n{code}\nr.main()\n")
+    nwb_reader.shutdown()
+    monkeypatch.setattr(nwb_reader, "_command", lambda: [sys.executable, str(script)])
+
+
+def test_a_bug_in_the_nwb_reader_process_is_not_reported_as_a_damaged_file(tmp_path, monkeypatch, nwb_timeout):
+    from rulefinder.recording import nwb_reader
+
+    nwb_timeout(30)
+    paths = _sessions(tmp_path)
+    bug = "import rulefinder.recording.nwb as m\ndef broken(*a, **k): raise KeyError('a bug of ours')\nm._ophys_container = broken"
+    _plant_in_reader(tmp_path, monkeypatch, bug)
+    try:
+        with pytest.raises(nwb_reader.NWBReaderCrash, match="KeyError: 'a bug of ours'") as info:
+            load_nwb(paths)
+        assert not isinstance(info.value, RecordingError) and str(paths[0]) in str(info.value)
+        assert "in broken" in str(info.value)  # the reader's traceback comes along
+        assert nwb_reader._reader is not None and nwb_reader._reader.alive()  # still in step, reused
+    finally:
+        nwb_reader.shutdown()
+
+
+def test_nwb_reader_gives_what_the_in_process_read_gives(tmp_path, nwb_timeout):
+    rec = make_recording(
+        np.random.default_rng(2).normal(size=(3, 4, 5)),
+        unit_area=["V1", "V1", "LM", "LM", "LM"],
+        stimulus=["a", "b", "c", "d"],
+        performance=[0.1, 0.5, 0.9],
+    )
+    paths = write_nwb_sessions(rec, tmp_path, trials_per_stimulus=2)
+    nwb_timeout(0)
+    here = load_nwb(paths)
+    nwb_timeout(30)
+    there = load_nwb(paths)
+    import xarray as xr
+
+    xr.testing.assert_identical(here, there)
+
+
+def test_nwb_read_that_does_not_finish_is_a_recording_error(tmp_path, monkeypatch, nwb_timeout):
+    """The reader process is killed after RULEFINDER_NWB_READ_TIMEOUT_S on one file, the file
+    is named, and the next read starts a fresh reader. (The fuzz test holds a real libhdf5
+    loop on a damaged file.)"""
+    from rulefinder.recording import nwb_reader
+
+    paths = _sessions(tmp_path)
+    nwb_timeout(1)
+    stuck = (
+        "import time\nreal = r.read_nwb_session\n"
+        "def stuck(path, source=None):\n"
+        "    while path.endswith('session01.nwb'):\n"
+        "        time.sleep(1)\n"
+        "    return real(path, source=source)\n"
+        "r.read_nwb_session = stuck"
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        _plant_in_reader(tmp_path, mp, stuck)
+        _expect(lambda: load_nwb(paths), str(paths[1]), "did not finish within 1 s", "RULEFINDER_NWB_READ_TIMEOUT_S")
+        assert nwb_reader._reader is None
+    assert load_nwb(paths).sizes["session"] == 3
+    nwb_reader.shutdown()
 
 
 @pytest.mark.parametrize("what", ["shape", "chunk shape"])

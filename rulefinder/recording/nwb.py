@@ -22,6 +22,7 @@ import xarray as xr
 
 from rulefinder.recording.errors import RecordingError, RecordingWarning, library_errors, short
 from rulefinder.recording.model import make_recording
+from rulefinder.settings import get_settings
 
 
 # What h5py, hdmf and pynwb raise on a damaged file: h5py maps HDF5 errors to OSError,
@@ -335,7 +336,13 @@ def load_nwb(
     label = sources[0] if len(sources) == 1 else f"{sources[0]} (+{len(sources) - 1} more .nwb files)"
     if not paths:
         raise RecordingError("<nwb>", None, "no .nwb files given: expected one file per session")
-    sessions = [read_nwb_session(p, source=s) for p, s in zip(paths, sources)]
+    timeout = get_settings().nwb_read_timeout_s
+    if timeout > 0:  # libhdf5 can hang on a damaged file: read in a process that can be killed
+        from rulefinder.recording.nwb_reader import read_sessions
+
+        sessions = read_sessions(paths, sources, timeout)
+    else:
+        sessions = [read_nwb_session(p, source=s) for p, s in zip(paths, sources)]
     for s in sessions:
         for note in s.warnings:
             warnings.warn(note, RecordingWarning, stacklevel=2)
