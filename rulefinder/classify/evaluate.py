@@ -8,8 +8,9 @@ returns the metrics. Splits (names in ``SPLITS``):
   its pooled out-of-fold predictions give the ECE (top label, 15 bins), top-3 accuracy, the
   confusion matrix, the reliability diagram and the confusable pairs.
 * ``lofo_task``: leave-one-task-out.
-* ``lovo_variant``: fold k holds out variant k of every rule (only when the store has more
-  than one variant; ``None`` otherwise).
+* ``lovo_variant``: fold k holds out variant k of every rule (:func:`variant_folds`: the
+  variant's index among its rule's variants, ``default`` first; only when the store has more
+  than one variant, ``None`` otherwise).
 * ``loro``: leave-one-range-out for each per-shard hyperparameter in ``LORO_HYPERPARAMETERS``:
   shards are cut into ``RANGE_BINS`` bins by the value's quantiles, each fold holds out one
   bin (a range the training set never saw).
@@ -229,6 +230,19 @@ def split_metrics(oof: _OOF, table: xr.Dataset, name: str) -> dict:
 
 
 # --- folds --------------------------------------------------------------------------------
+
+
+def variant_folds(table: xr.Dataset) -> np.ndarray:
+    """Per network, ``v<k>``: the index of its variant among its rule's variants (``default``
+    first, then by name), so fold k holds out variant k of every rule and trains on the rest."""
+    rules = table["rule"].values.astype(str)
+    variants = table["variant"].values.astype(str)
+    out = np.empty(rules.size, dtype=object)
+    for r in np.unique(rules):
+        m = rules == r
+        names = sorted(set(variants[m].tolist()), key=lambda v: (v != "default", v))
+        out[m] = [f"v{names.index(v)}" for v in variants[m]]
+    return out
 
 
 def shard_bins(table: xr.Dataset, column: str, bins: int = RANGE_BINS) -> np.ndarray:
@@ -520,7 +534,7 @@ def evaluate(
     if "lovo_variant" in splits:
         variants = np.unique(table["variant"].values)
         if variants.size > 1:
-            oof = run_split(rows, table, table["variant"].values.astype(object), params, classes, progress=progress)
+            oof = run_split(rows, table, variant_folds(table), params, classes, progress=progress)
             metrics.update(split_metrics(oof, table, "lovo_variant"))
         else:
             metrics["rule_bacc_lovo_variant"] = None
