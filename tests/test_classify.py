@@ -234,3 +234,153 @@ def test_learned_flag_unknown_where_no_bar_is_shipped_uses_the_fallback():
     assert got[3]  # a known flag is kept as stored
     assert not learned_labels(table.drop_vars(["learned", "learned_threshold"]).assign(
         final_accuracy=("network", [0.9, 0.9, 0.3, 0.2])))[2]
+
+
+# -- fast paths against their slow references -----------------------------------------------
+# The shipped model was fitted on features from the per-window loop below; the batched code
+# must give the same numbers up to rounding (1e-6 relative) or the model silently degrades.
+
+
+def _reference_structure_features(rec: xr.DataArray) -> np.ndarray:
+    """The per-window, per-area loop that ``structure_features`` replaced (kept verbatim as
+    the reference): one SVD and one ridge inverse per quantity."""
+    import warnings
+
+    from rulefinder.classify.structure import _EPS, _RIDGE, QUANTITIES, WINDOWS, _fill, window_sessions
+    from rulefinder.recording.model import DIMS, areas_of
+
+    def scaled(x):
+        rms = np.sqrt(np.mean(x**2))
+        return x / rms if rms > _EPS else x
+
+    def centre(m):
+        return m - m.mean(axis=0, keepdims=True)
+
+    def pr(d):
+        s = np.linalg.svd(centre(d), compute_uv=False) ** 2
+        total = s.sum()
+        return np.nan if total <= _EPS else float(total**2 / (s**2).sum() / min(d.shape))
+
+    def ridge(x, y):
+        x, y = centre(x), centre(y)
+        k = x.shape[0]
+        gram = x @ x.T
+        lam = _RIDGE * max(np.trace(gram) / k, _EPS)
+        inv = np.linalg.inv(gram + lam * np.eye(k))
+        coef = x.T @ (inv @ y)
+        hat = gram @ inv
+        loo = (y - hat @ y) / np.clip(1.0 - np.diag(hat), 1e-6, None)[:, None]
+        ss = (y**2).sum()
+        r2 = float(1.0 - (loo**2).sum() / ss) if ss > _EPS else np.nan
+        return coef, max(r2, -1.0) if np.isfinite(r2) else np.nan
+
+    def cos(a, b):
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        return np.nan if na <= _EPS or nb <= _EPS else float((a.ravel() @ b.ravel()) / (na * nb))
+
+    areas = areas_of(rec)
+    order = [a for a in (rec.attrs.get("area_order") or areas) if a in areas]
+    values = rec.transpose(*DIMS).values.astype(np.float64)
+    ua = np.asarray(rec.coords["unit_area"].values).astype(str)
+    blocks = {a: scaled(_fill(values[:, :, ua == a])) for a in areas}
+    out_area = order[-1]
+    wins = window_sessions(rec.coords["session_time"].values)
+    res = np.full((len(areas), len(QUANTITIES), WINDOWS), np.nan)
+    for ai, a in enumerate(areas):
+        h, o = blocks[a], blocks[out_area]
+        pos = order.index(a)
+        nxt = blocks[order[pos + 1]] if pos + 1 < len(order) else None
+        prev_b = prev_d = None
+        for k, w in enumerate(wins):
+            if w is None:
+                prev_b = prev_d = None
+                continue
+            s0, s1 = w
+            dh = h[s1] - h[s0]
+            q = res[ai, :, k]
+            q[0] = pr(dh)
+            base = np.linalg.norm(centre(h[s0]))
+            q[1] = np.linalg.norm(centre(dh)) / base if base > _EPS else np.nan
+            b = None
+            if a != out_area:
+                b, q[2] = ridge(o[s1] - o[s0], dh)
+                fwd, _ = ridge(h[s1], o[s1])
+                q[3] = abs(cos(b, fwd.T))
+                if prev_b is not None:
+                    q[4] = cos(b, prev_b)
+            if prev_d is not None:
+                q[5] = cos(centre(dh), centre(prev_d))
+            if nxt is not None:
+                _, q[6] = ridge(dh, nxt[s1] - nxt[s0])
+            prev_b, prev_d = b, dh
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        means = np.nanmean(res, axis=2)
+    return np.concatenate([res.reshape(len(areas), -1), means], axis=1)
+
+
+def _structure_cases():
+    """Recordings of every shape the batched code branches on: areas of different widths
+    (wider and narrower than the stimulus count), unordered areas, one area, lost values,
+    a unit lost in a whole session, sessions too few for every window, a silent area."""
+    from rulefinder.recording import make_recording
+
+    rng = np.random.default_rng(11)
+    cases = []
+    for s, k, sizes, ordered, nan, silent in [
+        (21, 16, (40, 8, 16), True, False, False),
+        (6, 12, (5, 30), False, False, False),
+        (9, 10, (6, 6, 6, 6), True, True, False),
+        (3, 5, (3,), True, False, False),
+        (4, 20, (10, 10), True, False, True),
+        (13, 8, (12, 3), True, True, False),
+    ]:
+        n = sum(sizes)
+        x = rng.normal(size=(s, k, n)) + np.cumsum(rng.normal(scale=0.4, size=(s, k, n)), axis=0)
+        x = np.maximum(x, 0.0) * rng.uniform(0.5, 4.0, n)
+        if nan:
+            x[rng.random(x.shape) < 0.05] = np.nan
+            x[1, :, 0] = np.nan
+        areas = np.concatenate([[f"a{j}"] * m for j, m in enumerate(sizes)])
+        if silent:
+            x[:, :, areas == "a0"] = 0.0
+        perm = rng.permutation(n)
+        times = np.cumsum(rng.uniform(0.2, 3.0, s))
+        order = [f"a{j}" for j in range(len(sizes))][::-1] if ordered else None
+        cases.append(make_recording(x[:, :, perm], unit_area=areas[perm], session_time=times, area_order=order))
+    return cases
+
+
+def test_structure_features_equal_the_per_window_reference():
+    from rulefinder.classify.structure import structure_features
+
+    for rec in _structure_cases():
+        fast, ref = structure_features(rec), _reference_structure_features(rec)
+        assert fast.shape == ref.shape
+        np.testing.assert_array_equal(np.isnan(fast), np.isnan(ref))
+        np.testing.assert_allclose(fast, ref, rtol=1e-6, atol=1e-9)
+
+
+def test_fast_classifier_and_neighbour_paths_equal_scikit_learn():
+    from scipy.special import logsumexp
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import NearestNeighbors
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from rulefinder.classify.estimator import _knn_mean_distance, _log_normalise, _predict_proba
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(60, 7)) * rng.uniform(0.1, 10, 7) + 3.0
+    for n_classes in (2, 4):
+        y = rng.integers(n_classes, size=60)
+        model = make_pipeline(StandardScaler(), LogisticRegression(C=0.05, max_iter=500)).fit(X, y)
+        np.testing.assert_allclose(_predict_proba(model, X[:5]), model.predict_proba(X[:5]), rtol=1e-12, atol=1e-15)
+    z = rng.normal(size=(3, 5)) * 30
+    np.testing.assert_allclose(_log_normalise(z), z - logsumexp(z, axis=1, keepdims=True), rtol=1e-12, atol=1e-12)
+    ref, q = rng.normal(size=(40, 7)), rng.normal(size=(9, 7))
+    for skip_self, queries in ((False, q), (True, ref)):
+        dist, _ = NearestNeighbors(n_neighbors=6).fit(ref).kneighbors(queries)
+        want = (dist[:, 1:] if skip_self else dist[:, :-1]).mean(axis=1)
+        got = _knn_mean_distance(queries, ref, (ref * ref).sum(axis=1), 5, skip_self)
+        np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-7)

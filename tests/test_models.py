@@ -3,6 +3,7 @@ the predict / plan / models commands), on a tiny real RuleIdentifier fitted in s
 
 from __future__ import annotations
 
+import copy
 import json
 import pickle
 import zipfile
@@ -256,6 +257,35 @@ def test_packaged_default_card_matches_zoo_registry():
         assert entry.description == z["description"]
         assert entry.reference == z["reference"]
         assert [v.id for v in entry.variants] == [v["id"] for v in z["variants"]]
+
+
+def test_neighbour_reference_is_float32_on_disk_and_old_models_still_load(registry, fitted):
+    """The open-set reference (the bulk of a model file) is saved as float32; a model saved
+    before, with a fitted NearestNeighbors in ``neighbors_``, gives the same unknown scores."""
+    from sklearn.neighbors import NearestNeighbors
+
+    est, _ = fitted
+    loaded = registry.load("default").estimator
+    assert loaded.reference_.dtype == np.float32 and not hasattr(loaded, "neighbors_")
+    assert "_reference_cache" not in loaded.__getstate__()
+    recs = [synthetic_recording(i % 3, i % 2, 900 + i) for i in range(4)]
+    rows = loaded.transform(recs)
+    new = loaded.unknown_scores_features(rows)
+    old = copy.deepcopy(loaded)
+    old.neighbors_ = NearestNeighbors(n_neighbors=old.n_neighbors + 1).fit(old.reference_.astype(np.float64))
+    del old.reference_
+    old.__dict__.pop("_reference_cache", None)
+    np.testing.assert_allclose(old.unknown_scores_features(rows), new, atol=1e-9)
+    np.testing.assert_allclose(new, est.unknown_scores_features(rows), atol=1e-9)
+
+
+def test_packaged_default_holds_the_lean_format(tmp_path):
+    from rulefinder.classify.registry import PACKAGED_DIR
+
+    if not (PACKAGED_DIR / "default" / CARD_FILE).is_file():
+        pytest.skip("no packaged default model yet")
+    est = ModelRegistry(tmp_path, packaged_dir=PACKAGED_DIR).load("default").estimator
+    assert est.reference_.dtype == np.float32 and not hasattr(est, "neighbors_")
 
 
 # -- CLI --------------------------------------------------------------------------------

@@ -42,17 +42,17 @@ from __future__ import annotations
 import logging
 import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import xarray as xr
 from scipy.optimize import minimize_scalar
-from scipy.special import logsumexp
+from scipy.special import expit, logsumexp
 from sklearn.base import BaseEstimator, clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
-from sklearn.neighbors import NearestNeighbors
-from sklearn.pipeline import make_pipeline
+from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from rulefinder.classify.features import area_feature_rows
@@ -116,6 +116,62 @@ def _conformal_p(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (above + 1.0) / (n + 1.0)
 
 
+def _log_normalise(z: np.ndarray) -> np.ndarray:
+    """``z - logsumexp(z)`` per row (scipy's logsumexp costs ~0.5 ms a call in input handling,
+    several times a single recording's whole classifier arithmetic)."""
+    m = z.max(axis=1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0.0)
+    return z - (m + np.log(np.exp(z - m).sum(axis=1, keepdims=True)))
+
+
+def _standardise(scaler: StandardScaler, X: np.ndarray) -> np.ndarray:
+    """``scaler.transform(X)`` (same operations, same numbers) without scikit-learn's input
+    validation, which costs more than the arithmetic for a few rows."""
+    if type(scaler) is StandardScaler and scaler.with_mean and scaler.with_std and X.shape[1] == scaler.n_features_in_:
+        return (np.asarray(X, dtype=np.float64) - scaler.mean_) / scaler.scale_
+    return scaler.transform(X)
+
+
+def _predict_proba(model, X: np.ndarray) -> np.ndarray:
+    """``model.predict_proba(X)``; for the standardised logistic regression of
+    ``classifier="logreg"`` the same arithmetic as scikit-learn's (decision function, then
+    softmax, or the logistic for two classes) without its per-call validation (~1 ms a call)."""
+    if isinstance(model, Pipeline) and len(model.steps) == 2:
+        scaler, clf = model.steps[0][1], model.steps[1][1]
+        if type(clf) is LogisticRegression and X.shape[1] == clf.coef_.shape[1]:
+            d = _standardise(scaler, X) @ clf.coef_.T + clf.intercept_
+            if len(clf.classes_) <= 2:
+                p = expit(d.ravel())
+                return np.vstack([1.0 - p, p]).T
+            d -= d.max(axis=1, keepdims=True)
+            np.exp(d, out=d)
+            d /= d.sum(axis=1, keepdims=True)
+            return d
+    return model.predict_proba(X)
+
+
+#: Query rows per block of the nearest-neighbour search (bounds its distance matrix).
+_KNN_BLOCK = 1024
+
+
+def _knn_mean_distance(z: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, n_neighbors: int, skip_self: bool) -> np.ndarray:
+    """Mean Euclidean distance of each row of ``z`` to its nearest rows of ``ref`` (squared
+    norms ``ref_sq``), from one matrix product per block: ``min(n_neighbors + 1, len(ref))``
+    nearest are found, then the first dropped (``skip_self``: ``z`` is ``ref`` and the first
+    is the row itself) or the last (when more than one)."""
+    k = min(n_neighbors + 1, ref.shape[0])
+    out = np.empty(z.shape[0])
+    for i0 in range(0, z.shape[0], _KNN_BLOCK):
+        q = z[i0 : i0 + _KNN_BLOCK]
+        d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ ref.T) + ref_sq[None, :]
+        np.maximum(d2, 0.0, out=d2)
+        near = np.sort(np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2, axis=1)
+        dist = np.sqrt(near)
+        dist = dist[:, 1:] if skip_self else dist[:, :-1] if k > 1 else dist
+        out[i0 : i0 + _KNN_BLOCK] = dist.mean(axis=1)
+    return out
+
+
 class RuleIdentifier(BaseEstimator):
     """Identify the learning rule (and family, optimizer) of recordings.
 
@@ -168,12 +224,13 @@ class RuleIdentifier(BaseEstimator):
 
     # --- features -----------------------------------------------------------------------
 
-    def transform(self, recordings: xr.DataArray | Sequence[xr.DataArray]) -> xr.DataArray:
+    def transform(self, recordings: xr.DataArray | Sequence[xr.DataArray], validated: bool = False) -> xr.DataArray:
         """Area rows ``(sample, feature)`` with sample coords ``recording`` (index into the
-        input), ``area``, ``depth`` and ``units``."""
+        input), ``area``, ``depth`` and ``units``. ``validated``: the recordings are
+        ``validate_recording``'s output already."""
         if isinstance(recordings, xr.DataArray):
             recordings = [recordings]
-        return area_feature_rows(list(recordings), n_times=self.n_times, feature_set=self.feature_set)
+        return area_feature_rows(list(recordings), n_times=self.n_times, feature_set=self.feature_set, validated=validated)
 
     # --- fitting ------------------------------------------------------------------------
 
@@ -227,8 +284,8 @@ class RuleIdentifier(BaseEstimator):
                 local = np.searchsorted(te_rec, rec[te])
                 for t in TARGETS:
                     oof_logits[t][te_rec] = self._logits(models[t], X[te], local, len(te_rec), t)
-                scaler, nn = self._fit_neighbors(X[tr])
-                oof_dist[te_rec] = self._distance(scaler, nn, X[te], local, len(te_rec))
+                scaler, reference = self._fit_neighbors(X[tr])
+                oof_dist[te_rec] = self._distance(scaler, reference, X[te], local, len(te_rec))
             self.temperature_ = {
                 t: _fit_temperature(oof_logits[t], np.searchsorted(self.classes_[t], y[t])) for t in TARGETS
             }
@@ -243,11 +300,14 @@ class RuleIdentifier(BaseEstimator):
             if self.aggregate == "mean"
             else self._fit_models(area_X, {t: y[t][area_rec] for t in TARGETS}, targets=("rule",))["rule"]
         )
-        self.scaler_, self.neighbors_ = self._fit_neighbors(X)
+        self.scaler_, reference = self._fit_neighbors(X)
+        # float32 on disk: the model file's bulk, and distances move by ~1e-7 relative.
+        self.reference_ = reference.astype(np.float32)
+        self.__dict__.pop("_reference_cache", None)
         if folds < 2:  # no held-out pass: references from the training recordings themselves
             for t in TARGETS:
                 oof_logits[t] = self._logits(self.estimators_[t], X, rec, n_rec, t)
-            oof_dist = self._distance(self.scaler_, self.neighbors_, X, rec, n_rec, skip_self=True)
+            oof_dist = self._distance(self.scaler_, reference, X, rec, n_rec, skip_self=True)
 
         p_rule = _softmax(oof_logits["rule"] / self.temperature_["rule"])
         conf = 1.0 - p_rule.max(axis=1)
@@ -308,27 +368,44 @@ class RuleIdentifier(BaseEstimator):
         if isinstance(model, dict):
             full[:, np.searchsorted(self.classes_[target], model["constant"])] = 1.0
             return full
-        full[:, np.searchsorted(self.classes_[target], model.classes_)] = model.predict_proba(X)
+        full[:, np.searchsorted(self.classes_[target], model.classes_)] = _predict_proba(model, X)
         return full
 
     def _logits(self, model, X: np.ndarray, rec: np.ndarray, n_rec: int, target: str) -> np.ndarray:
         """Mean area log-probabilities in ``classes_[target]`` order."""
         return _mean_logp(self._full_proba(model, X, target), rec, n_rec)
 
-    def _fit_neighbors(self, X: np.ndarray):
+    def _fit_neighbors(self, X: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
+        """The scaler of the distance part of the unknown score and the standardised
+        training rows it measures distances to."""
         X = _clean(X)
         scaler = StandardScaler().fit(X)
-        nn = NearestNeighbors(n_neighbors=min(self.n_neighbors + 1, X.shape[0])).fit(scaler.transform(X))
-        return scaler, nn
+        return scaler, scaler.transform(X)
 
-    def _distance(self, scaler, nn, X, rec, n_rec, skip_self: bool = False) -> np.ndarray:
-        z = np.clip(scaler.transform(_clean(X)), -50, 50)
-        dist, _ = nn.kneighbors(z)
-        dist = dist[:, 1:] if skip_self else dist[:, :-1] if dist.shape[1] > 1 else dist
-        per_row = np.log1p(dist.mean(axis=1))
+    def _distance(self, scaler, reference, X, rec, n_rec, skip_self: bool = False, ref_sq=None) -> np.ndarray:
+        z = np.clip(_standardise(scaler, _clean(X)), -50, 50)
+        if ref_sq is None:
+            ref_sq = (reference * reference).sum(axis=1)
+        per_row = np.log1p(_knn_mean_distance(z, reference, ref_sq, self.n_neighbors, skip_self))
         out = np.zeros(n_rec)
         np.add.at(out, rec, per_row)
         return out / np.maximum(np.bincount(rec, minlength=n_rec), 1)
+
+    def _neighbour_reference(self) -> tuple[np.ndarray, np.ndarray]:
+        """The standardised training rows in float64 and their squared norms, made once per
+        loaded model (not saved: see ``__getstate__``). Models saved before ``reference_``
+        (float32) hold a fitted ``NearestNeighbors`` in ``neighbors_`` instead."""
+        cached = self.__dict__.get("_reference_cache")
+        if cached is None:
+            ref = self.reference_ if hasattr(self, "reference_") else self.neighbors_._fit_X
+            ref = np.ascontiguousarray(ref, dtype=np.float64)
+            cached = self.__dict__["_reference_cache"] = (ref, (ref * ref).sum(axis=1))
+        return cached
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state.pop("_reference_cache", None)
+        return state
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -343,22 +420,20 @@ class RuleIdentifier(BaseEstimator):
             recordings = [recordings]
         return self.predict_proba_features(self.transform(list(recordings)))
 
-    def _calibrated_logp(self, rows: xr.DataArray) -> tuple[dict[str, np.ndarray], np.ndarray, int]:
+    def _calibrated_logp(self, rows: _Rows) -> tuple[dict[str, np.ndarray], np.ndarray]:
         self._check_fitted()
-        rec = np.asarray(rows.coords["recording"].values, dtype=int)
-        n_rec = int(rec.max()) + 1 if rec.size else 0
         area_X = _clean(rows.values, keep_nan=self.classifier == "hgb")
         if area_X.shape[1] != self.n_features_in_:
             raise ValueError(f"features have {area_X.shape[1]} columns: expected {self.n_features_in_}")
-        X, rec = self._design(area_X, rec, rows.coords["depth"].values, n_rec)
+        X, rec = self._design(area_X, rows.rec, rows.depth, rows.n_rec)
         out = {}
         for t in TARGETS:
-            z = self._logits(self.estimators_[t], X, rec, n_rec, t) / self.temperature_[t]
-            out[t] = z - logsumexp(z, axis=1, keepdims=True)
-        return out, area_X, n_rec
+            z = self._logits(self.estimators_[t], X, rec, rows.n_rec, t) / self.temperature_[t]
+            out[t] = _log_normalise(z)
+        return out, area_X
 
     def predict_proba_features(self, rows: xr.DataArray) -> dict[str, np.ndarray]:
-        logp, _, _ = self._calibrated_logp(rows)
+        logp, _ = self._calibrated_logp(_Rows.of(rows))
         return {t: np.exp(v) for t, v in logp.items()}
 
     def predict(self, recordings) -> np.ndarray:
@@ -368,42 +443,45 @@ class RuleIdentifier(BaseEstimator):
 
     def unknown_scores_features(self, rows: xr.DataArray, p_rule: np.ndarray | None = None) -> np.ndarray:
         """``unknown_score`` per recording (see the module docstring)."""
-        rec = np.asarray(rows.coords["recording"].values, dtype=int)
-        n_rec = int(rec.max()) + 1 if rec.size else 0
+        return self._unknown_scores(_Rows.of(rows), p_rule)
+
+    def _unknown_scores(self, rows: _Rows, p_rule: np.ndarray | None = None) -> np.ndarray:
         if p_rule is None:
-            p_rule = self.predict_proba_features(rows)["rule"]
-        X, rec = self._design(_clean(rows.values), rec, rows.coords["depth"].values, n_rec)
-        dist = self._distance(self.scaler_, self.neighbors_, X, rec, n_rec)
+            p_rule = np.exp(self._calibrated_logp(rows)[0]["rule"])
+        X, rec = self._design(_clean(rows.values), rows.rec, rows.depth, rows.n_rec)
+        reference, ref_sq = self._neighbour_reference()
+        dist = self._distance(self.scaler_, reference, X, rec, rows.n_rec, ref_sq=ref_sq)
         p_dist = _conformal_p(dist, self.reference_distance_)
         p_conf = _conformal_p(1.0 - p_rule.max(axis=1), self.reference_uncertainty_)
         return np.clip(1.0 - np.minimum(1.0, 2.0 * np.minimum(p_dist, p_conf)), 0.0, 1.0)
 
-    def predict_details(self, recordings, group: bool = False) -> list[dict]:
+    def predict_details(self, recordings, group: bool = False, validated: bool = False) -> list[dict]:
         """One dict per recording (or one for the whole group) with the fields of
         ``PredictionResult`` except ``model``, ``expected_accuracy``, ``noise``,
         ``n_recordings`` and ``top_*``."""
         if isinstance(recordings, xr.DataArray):
             recordings = [recordings]
-        return self.predict_details_features(self.transform(list(recordings)), group=group)
+        return self.predict_details_features(self.transform(list(recordings), validated=validated), group=group)
 
     def predict_details_features(self, rows: xr.DataArray, group: bool = False) -> list[dict]:
-        logp, X, n_rec = self._calibrated_logp(rows)
-        unknown = self.unknown_scores_features(rows, np.exp(logp["rule"]))
-        rec = np.asarray(rows.coords["recording"].values, dtype=int)
+        rows = _Rows.of(rows)
+        n_rec = rows.n_rec
+        logp, X = self._calibrated_logp(rows)
+        unknown = self._unknown_scores(rows, np.exp(logp["rule"]))
         area_p = self._area_rule_proba(X)
         per_area = [[] for _ in range(n_rec)]
-        for i in range(len(rec)):
-            per_area[rec[i]].append(
+        for i, r in enumerate(rows.rec.tolist()):
+            per_area[r].append(
                 {
-                    "area": str(rows.coords["area"].values[i]),
-                    "units": int(rows.coords["units"].values[i]),
-                    "depth": _depth_or_none(rows, i),
+                    "area": str(rows.area[i]),
+                    "units": int(rows.units[i]),
+                    "depth": float(rows.depth[i]) if rows.depth_known[i] else None,
                     "rule_probabilities": self._as_dict("rule", area_p[i]),
                 }
             )
         if group:
             summed = {t: logp[t].sum(axis=0, keepdims=True) for t in TARGETS}
-            logp = {t: v - logsumexp(v, axis=1, keepdims=True) for t, v in summed.items()}
+            logp = {t: _log_normalise(v) for t, v in summed.items()}
             unknown = np.array([float(unknown.mean())])
             notes = [f"{n_rec} recordings combined into one verdict (evidence summed)"] if n_rec > 1 else []
             per_area = [[dict(a, area=f"recording {r}: {a['area']}") for r in range(n_rec) for a in per_area[r]]]
@@ -451,11 +529,33 @@ class RuleIdentifier(BaseEstimator):
         return list(TRUSTED_TYPES)
 
 
-def _depth_or_none(rows: xr.DataArray, i: int) -> float | None:
-    known = rows.coords["depth_known"].values[i] if "depth_known" in rows.coords else 1.0
-    if not known:
-        return None
-    return float(rows.coords["depth"].values[i])
+@dataclass(frozen=True)
+class _Rows:
+    """The arrays of area rows (:meth:`RuleIdentifier.transform`) prediction reads, taken out
+    of the DataArray once (each coordinate access costs ~0.1 ms in xarray)."""
+
+    values: np.ndarray
+    rec: np.ndarray
+    n_rec: int
+    depth: np.ndarray
+    depth_known: np.ndarray
+    area: np.ndarray
+    units: np.ndarray
+
+    @classmethod
+    def of(cls, rows: xr.DataArray) -> _Rows:
+        coords = rows.coords
+        rec = np.asarray(coords["recording"].values, dtype=int)
+        n = len(rec)
+        return cls(
+            values=rows.values,
+            rec=rec,
+            n_rec=int(rec.max()) + 1 if rec.size else 0,
+            depth=np.asarray(coords["depth"].values, dtype=np.float64),
+            depth_known=np.asarray(coords["depth_known"].values) if "depth_known" in coords else np.ones(n),
+            area=np.asarray(coords["area"].values) if "area" in coords else np.full(n, ""),
+            units=np.asarray(coords["units"].values) if "units" in coords else np.zeros(n, dtype=int),
+        )
 
 
 TRUSTED_TYPES: tuple[str, ...] = (

@@ -20,9 +20,10 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
-from rulefinder.features import STAT_NAMES, canonical_grid, recording_features
-from rulefinder.classify.structure import structure_feature_names, structure_features
-from rulefinder.features.extractor import _one_blas_thread
+from rulefinder.classify.structure import structure_feature_names, structure_features_arrays
+from rulefinder.features import STAT_NAMES, canonical_grid
+from rulefinder.features.extractor import RecordingArrays, _one_blas_thread
+from rulefinder.recording.model import validate_recording
 
 FEATURE_SETS: tuple[str, ...] = ("stats", "change", "structure")
 
@@ -48,38 +49,39 @@ def area_feature_names(n_times: int, feature_set: str) -> list[str]:
     return names + ["depth", "depth_known"]
 
 
-def _rows(feats: xr.DataArray, parts: list[str], rec: xr.DataArray) -> np.ndarray:
-    """``(area, stat, time)`` (+ the recording for ``structure``) -> ``(area, feature)``."""
-    f = feats.transpose("area", "stat", "time").values
+def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray:
+    """One valid recording's arrays -> ``(area, feature)``."""
     cols = []
-    if "stats" in parts:
-        cols.append(f.reshape(f.shape[0], -1))
-    if "change" in parts:
-        cols.append((f[:, :, 1:] - f[:, :, :1]).reshape(f.shape[0], -1))
+    if "stats" in parts or "change" in parts:
+        f = arrays.features(n_times)  # (area, stat, time)
+        if "stats" in parts:
+            cols.append(f.reshape(f.shape[0], -1))
+        if "change" in parts:
+            cols.append((f[:, :, 1:] - f[:, :, :1]).reshape(f.shape[0], -1))
     if "structure" in parts:
-        cols.append(structure_features(rec))
-    depth = feats.coords["depth"].values[:, None]
-    known = feats.coords["depth_known"].values[:, None]
-    return np.concatenate([*cols, depth, known], axis=1)
+        cols.append(
+            structure_features_arrays(arrays.values, arrays.unit_area, arrays.areas, arrays.area_order, arrays.session_time)
+        )
+    depth, known = arrays.depths()
+    return np.concatenate([*cols, depth[:, None], np.full((len(depth), 1), float(known))], axis=1)
 
 
-def area_feature_rows(recordings: Sequence[xr.DataArray], n_times: int = 8, feature_set: str = "stats+change") -> xr.DataArray:
+def area_feature_rows(
+    recordings: Sequence[xr.DataArray], n_times: int = 8, feature_set: str = "stats+change", validated: bool = False
+) -> xr.DataArray:
     """Rows ``(sample, feature)``; sample coords ``recording`` (position in ``recordings``),
-    ``area``, ``depth``, ``depth_known`` and ``units`` (units recorded in the area)."""
+    ``area``, ``depth``, ``depth_known`` and ``units`` (units recorded in the area).
+    ``validated``: the recordings are ``validate_recording``'s output already (not checked again)."""
     parts = _parse(feature_set)
     names = area_feature_names(n_times, feature_set)
-    blocks, rec_idx, areas, depth, known, units = [], [], [], [], [], []
+    blocks, rec_idx, areas, units = [], [], [], []
     with _one_blas_thread():
         for i, rec in enumerate(recordings):
-            feats = recording_features(rec, n_times)
-            blocks.append(_rows(feats, parts, rec))
-            area_names = [str(a) for a in feats.coords["area"].values]
-            ua = np.asarray(rec.coords["unit_area"].values).astype(str)
-            rec_idx += [i] * len(area_names)
-            areas += area_names
-            depth += feats.coords["depth"].values.tolist()
-            known += feats.coords["depth_known"].values.tolist()
-            units += [int((ua == a).sum()) for a in area_names]
+            arrays = RecordingArrays.of(rec if validated else validate_recording(rec))
+            blocks.append(_rows(arrays, parts, n_times))
+            rec_idx += [i] * len(arrays.areas)
+            areas += arrays.areas
+            units += arrays.units()
     data = np.concatenate(blocks, axis=0) if blocks else np.empty((0, len(names)))
     return xr.DataArray(
         data,
@@ -88,8 +90,8 @@ def area_feature_rows(recordings: Sequence[xr.DataArray], n_times: int = 8, feat
             "feature": names,
             "recording": ("sample", np.asarray(rec_idx, dtype=int)),
             "area": ("sample", np.asarray(areas, dtype=str)),
-            "depth": ("sample", np.asarray(depth, dtype=np.float64)),
-            "depth_known": ("sample", np.asarray(known, dtype=np.float64)),
+            "depth": ("sample", data[:, -2].copy()),
+            "depth_known": ("sample", data[:, -1].copy()),
             "units": ("sample", np.asarray(units, dtype=int)),
         },
         name="area_features",

@@ -107,14 +107,20 @@ def _no_learning(rec: xr.DataArray) -> str | None:
             if gain < NO_PERFORMANCE_GAIN:
                 return f"performance rises by {gain:.3f} from the first session (at most)"
     x = np.asarray(rec.transpose("session", "stimulus", "unit").values, dtype=np.float64)
-    total = np.nanvar(x, axis=(0, 1))  # per unit
+    # numpy's nan-functions copy and mask the whole recording: the plain ones where no value
+    # is missing (a few times faster, same numbers up to rounding).
+    has_nan = bool(np.isnan(x).any())
+    total = np.nanvar(x, axis=(0, 1)) if has_nan else x.reshape(-1, x.shape[2]).var(axis=0)  # per unit
     live = total > 0
     if not live.any():
         return "every unit is constant"
     # The session-dependent part of each response: its deviation from the same unit's and
     # stimulus's mean over sessions (session effects plus session x stimulus interactions).
-    dev = x - np.nanmean(x, axis=0, keepdims=True)
-    frac = float(np.mean(np.nanmean(dev**2, axis=(0, 1))[live] / total[live]))
+    if has_nan:
+        session_part = np.nanmean((x - np.nanmean(x, axis=0, keepdims=True)) ** 2, axis=(0, 1))
+    else:
+        session_part = x.var(axis=0).mean(axis=0)
+    frac = float(np.mean(session_part[live] / total[live]))
     if frac < NO_CHANGE_FRACTION:
         return f"responses change by {frac:.2%} of their variance across sessions"
     return None
@@ -151,7 +157,7 @@ def predict_recordings(
     if not recordings:
         raise ValueError("no recordings to predict")
     loaded = resolve_model(model)
-    details = loaded.estimator.predict_details(recordings, group=group)
+    details = loaded.estimator.predict_details(recordings, group=group, validated=True)
     sizes = [recording_size(r) for r in recordings]
     notes = [limit_warnings(r, s) for r, s in zip(recordings, sizes, strict=True)]
     cells = [expected_accuracy(loaded.card, s.units, s.sessions, noise) for s in sizes]

@@ -33,6 +33,7 @@ import warnings
 import numpy as np
 import xarray as xr
 
+from rulefinder.features.extractor import _area_columns
 from rulefinder.features.resample import relative_time
 from rulefinder.recording.model import DIMS, areas_of
 
@@ -60,49 +61,6 @@ def _fill(x: np.ndarray) -> np.ndarray:
     return np.nan_to_num(out, nan=0.0)
 
 
-def _scaled(x: np.ndarray) -> np.ndarray:
-    rms = np.sqrt(np.mean(x**2))
-    return x / rms if rms > _EPS else x
-
-
-def _centre(m: np.ndarray) -> np.ndarray:
-    return m - m.mean(axis=0, keepdims=True)
-
-
-def _pr(d: np.ndarray) -> float:
-    s = np.linalg.svd(_centre(d), compute_uv=False) ** 2
-    total = s.sum()
-    if total <= _EPS:
-        return np.nan
-    return float(total**2 / (s**2).sum() / min(d.shape))
-
-
-def _ridge(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-    """Ridge map x -> y over stimuli (rows), centred, in the dual (stimulus) form so it costs
-    K x K whatever the widths; returns (coefficients (x-cols, y-cols), LOO R²)."""
-    x, y = _centre(x), _centre(y)
-    k = x.shape[0]
-    gram = x @ x.T
-    lam = _RIDGE * max(np.trace(gram) / k, _EPS)
-    inv = np.linalg.inv(gram + lam * np.eye(k))
-    alpha = inv @ y
-    coef = x.T @ alpha
-    hat = gram @ inv
-    resid = y - hat @ y
-    denom = np.clip(1.0 - np.diag(hat), 1e-6, None)[:, None]
-    loo = resid / denom
-    ss = (y**2).sum()
-    r2 = float(1.0 - (loo**2).sum() / ss) if ss > _EPS else np.nan
-    return coef, max(r2, -1.0) if np.isfinite(r2) else np.nan
-
-
-def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    na, nb = np.linalg.norm(a), np.linalg.norm(b)
-    if na <= _EPS or nb <= _EPS:
-        return np.nan
-    return float((a.ravel() @ b.ravel()) / (na * nb))
-
-
 def window_sessions(session_time: np.ndarray) -> list[tuple[int, int] | None]:
     """The session pair of each window (``None`` when the recording is too short for it)."""
     tau = relative_time(np.asarray(session_time, dtype=np.float64))
@@ -113,45 +71,152 @@ def window_sessions(session_time: np.ndarray) -> list[tuple[int, int] | None]:
 def structure_features(rec: xr.DataArray) -> np.ndarray:
     """``(area, feature)`` change-structure features of one (valid) recording, areas in
     ``areas_of(rec)`` order, columns :func:`structure_feature_names`."""
-    areas = areas_of(rec)
-    order = list(rec.attrs.get("area_order") or areas)
-    order = [a for a in order if a in areas]
-    values = rec.transpose(*DIMS).values.astype(np.float64)
-    ua = np.asarray(rec.coords["unit_area"].values).astype(str)
-    blocks = {a: _scaled(_fill(values[:, :, ua == a])) for a in areas}
-    out_area = order[-1]
-    wins = window_sessions(rec.coords["session_time"].values)
+    return structure_features_arrays(
+        rec.transpose(*DIMS).values,
+        np.asarray(rec.coords["unit_area"].values).astype(str),
+        areas_of(rec),
+        rec.attrs.get("area_order"),
+        rec.coords["session_time"].values,
+    )
+
+
+def structure_features_arrays(values, unit_area, areas, area_order, session_time) -> np.ndarray:
+    """:func:`structure_features` from a valid recording's arrays: ``values`` (session,
+    stimulus, unit), ``unit_area`` (unit,), ``areas`` (:func:`areas_of` order), the
+    recording's ``area_order`` (or None) and ``session_time``.
+
+    The quantities of every window of every area are computed at once, batched over windows
+    (``(W, K, K)`` stacks of stimulus Gram matrices) with one batched inverse for all the
+    ridge regressions; the arithmetic per window is that of the definitions above."""
+    order = [a for a in (area_order or areas) if a in areas]
+    wins = window_sessions(session_time)
+    valid = [k for k, w in enumerate(wins) if w is not None]
     res = np.full((len(areas), len(QUANTITIES), WINDOWS), np.nan)
-    for ai, a in enumerate(areas):
-        h = blocks[a]
-        pos = order.index(a)
-        nxt = blocks[order[pos + 1]] if pos + 1 < len(order) else None
-        o = blocks[out_area]
-        prev_b = prev_d = None
-        for k, w in enumerate(wins):
-            if w is None:
-                prev_b = prev_d = None
-                continue
-            s0, s1 = w
-            dh = h[s1] - h[s0]
-            q = res[ai, :, k]
-            q[0] = _pr(dh)
-            base = np.linalg.norm(_centre(h[s0]))
-            q[1] = np.linalg.norm(_centre(dh)) / base if base > _EPS else np.nan
-            b = None
-            if a != out_area:
-                do = o[s1] - o[s0]
-                b, q[2] = _ridge(do, dh)  # (C, N)
-                fwd, _ = _ridge(h[s1], o[s1])  # (N, C)
-                q[3] = abs(_cos(b, fwd.T))
-                if prev_b is not None:
-                    q[4] = _cos(b, prev_b)
-            if prev_d is not None:
-                q[5] = _cos(_centre(dh), _centre(prev_d))
-            if nxt is not None:
-                _, q[6] = _ridge(dh, nxt[s1] - nxt[s0])
-            prev_b, prev_d = b, dh
+    if valid:
+        _windows(res, np.asarray(values, dtype=np.float64), np.asarray(unit_area).astype(str), areas, order,
+                 [wins[k] for k in valid], np.asarray(valid))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # an area with no defined window: NaN
         means = np.nanmean(res, axis=2)
     return np.concatenate([res.reshape(len(areas), -1), means], axis=1)
+
+
+def _windows(res, values, unit_area, areas, order, pairs, valid) -> None:
+    """Fill ``res[area, quantity, valid]`` (the windows ``valid`` with session ``pairs``)."""
+    s0 = np.array([p[0] for p in pairs])
+    s1 = np.array([p[1] for p in pairs])
+    w = len(pairs)
+    # Pairs (j - 1, j) of valid windows that follow each other: stab and auto compare them.
+    chain = np.array([j for j in range(1, w) if valid[j - 1] == valid[j] - 1], dtype=int)
+    out_area = order[-1]
+    cols = dict(zip(areas, _area_columns(unit_area, areas), strict=True))
+    has_nan = bool(np.isnan(values).any())
+    dc, h1c = {}, {}
+    grams, slots = [], {}
+    for a in areas:
+        x = values[:, :, cols[a]]
+        if has_nan:
+            x = _fill(x)
+        rms = np.sqrt(np.mean(x**2))
+        edges = x[np.concatenate([s0, s1])]
+        if rms > _EPS:
+            edges = edges / rms
+        h0, h1 = _centre_stack(edges[:w]), _centre_stack(edges[w:])
+        dc[a] = h1 - h0  # centring commutes with the difference
+        gram_d = np.matmul(dc[a], dc[a].transpose(0, 2, 1))
+        ai = areas.index(a)
+        k, n = dc[a].shape[1:]
+        ss = np.trace(gram_d, axis1=1, axis2=2)
+        res[ai, 0, valid] = np.where(ss > _EPS, ss**2 / _nonzero(np.sum(gram_d**2, axis=(1, 2))) / min(k, n), np.nan)
+        base = np.sqrt(np.sum(h0**2, axis=(1, 2)))
+        res[ai, 1, valid] = np.where(base > _EPS, np.sqrt(ss) / np.where(base > _EPS, base, 1.0), np.nan)
+        if len(order) > 1:  # this area's change regresses the next's, or the output's regresses it
+            slots[("d", a)] = len(grams)
+            grams.append(gram_d)
+        if a != out_area:  # the forward read-out from this area to the output
+            h1c[a] = h1
+            slots[("h1", a)] = len(grams)
+            grams.append(np.matmul(h1, h1.transpose(0, 2, 1)))
+    if not grams:
+        return
+    inv, lam = _ridge_inverse(np.concatenate(grams))
+    part = {key: (inv[i * w : (i + 1) * w], lam[i * w : (i + 1) * w]) for key, i in slots.items()}
+
+    out_inv, out_lam = part[("d", out_area)]
+    o1 = h1c_out = None
+    for a in areas:
+        if a == out_area:
+            continue
+        ai = areas.index(a)
+        if h1c_out is None:
+            o1 = values[:, :, cols[out_area]]
+            h1c_out = _out_edge(o1, s1, has_nan)
+        alpha = np.matmul(out_inv, dc[a])  # (W, K, N): backward map dO -> dH in dual form
+        b = np.matmul(dc[out_area].transpose(0, 2, 1), alpha)  # (W, C, N)
+        res[ai, 2, valid] = _loo_r2(alpha, out_inv, out_lam, dc[a])
+        b_inv, _ = part[("h1", a)]
+        fwd = np.matmul(h1c[a].transpose(0, 2, 1), np.matmul(b_inv, h1c_out))  # (W, N, C)
+        res[ai, 3, valid] = np.abs(_cos_rows(b, fwd.transpose(0, 2, 1)))
+        if chain.size:
+            res[ai, 4, valid[chain]] = _cos_rows(b[chain], b[chain - 1])
+    for a in areas:
+        ai = areas.index(a)
+        if chain.size:
+            res[ai, 5, valid[chain]] = _cos_rows(dc[a][chain], dc[a][chain - 1])
+        pos = order.index(a)
+        if pos + 1 < len(order):
+            d_inv, d_lam = part[("d", a)]
+            y = dc[order[pos + 1]]
+            res[ai, 6, valid] = _loo_r2(np.matmul(d_inv, y), d_inv, d_lam, y)
+
+
+def _out_edge(x: np.ndarray, s1: np.ndarray, has_nan: bool) -> np.ndarray:
+    """The output area's responses at the later edges, scaled and centred as in the loop."""
+    if has_nan:
+        x = _fill(x)
+    rms = np.sqrt(np.mean(x**2))
+    edges = x[s1]
+    if rms > _EPS:
+        edges = edges / rms
+    return _centre_stack(edges)
+
+
+def _centre_stack(m: np.ndarray) -> np.ndarray:
+    return m - m.mean(axis=1, keepdims=True)
+
+
+def _nonzero(a: np.ndarray) -> np.ndarray:
+    return np.where(a > 0, a, 1.0)
+
+
+def _ridge_inverse(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Ridge over stimuli in the dual (stimulus) form, batched: for the Gram matrices ``gram``
+    (B, K, K) of centred regressors x, ``(G + lam I)^-1`` and ``lam`` (B,). The map x -> y is
+    ``x^T (G + lam I)^-1 y`` (K x K work whatever the widths) and the hat matrix
+    ``G (G + lam I)^-1 = I - lam (G + lam I)^-1``."""
+    k = gram.shape[-1]
+    lam = _RIDGE * np.maximum(np.trace(gram, axis1=1, axis2=2) / k, _EPS)
+    return np.linalg.inv(gram + lam[:, None, None] * np.eye(k)), lam
+
+
+def _loo_r2(alpha: np.ndarray, inv: np.ndarray, lam: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Leave-one-stimulus-out R² of centred ``y`` (W, K, Q) from a ridge with ``inv`` = (G +
+    lam I)^-1 and ``alpha`` = inv @ y: the residual y - hat y is lam alpha and the leverage
+    1 - hat_ii is lam inv_ii. At least -1; NaN where y is 0."""
+    resid = lam[:, None, None] * alpha
+    denom = np.clip(lam[:, None] * np.diagonal(inv, axis1=1, axis2=2), 1e-6, None)[:, :, None]
+    loo = resid / denom
+    ss = np.sum(y**2, axis=(1, 2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r2 = np.where(ss > _EPS, 1.0 - np.sum(loo**2, axis=(1, 2)) / np.where(ss > _EPS, ss, 1.0), np.nan)
+    return np.where(np.isfinite(r2), np.maximum(r2, -1.0), np.nan)
+
+
+def _cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Cosine between matching matrices of two stacks (NaN where either is 0)."""
+    a = a.reshape(a.shape[0], -1)
+    b = b.reshape(b.shape[0], -1)
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    ok = (na > _EPS) & (nb > _EPS)
+    dot = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+    return np.where(ok, dot / np.where(ok, na * nb, 1.0), np.nan)
