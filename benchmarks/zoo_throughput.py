@@ -16,6 +16,9 @@ Where the time goes (seconds summed over the mix, and per rule family):
 - ``store``: ``ZooStore.write_shard``;
 - ``other``: network construction, input batches, bookkeeping.
 
+Wall-clock seconds give ``networks_per_min``; the process's CPU seconds (every thread) give
+``networks_per_cpu_min``, the steadier figure on a shared machine.
+
 Tasks are loaded once before the clock starts (a process loads each task once; the time is
 reported apart as ``task_loading_once_s``).
 
@@ -129,15 +132,17 @@ def run_worker(shards: list[dict], threads: int) -> list[dict]:
                 results.append({"shard": d["shard_id"], "supported": False})
                 continue
             bucket.clear()
+            c0 = time.process_time()
             t0 = time.perf_counter()
             records = run_shard({k: v for k, v in d.items() if k in known_fields})
             t1 = time.perf_counter()
             # older stores reject "@" (synthetic@0.5) in shard ids; the id is not what is timed
             store.write_shard(records, d["shard_id"].replace("@", "_"), overwrite=True)
             t2 = time.perf_counter()
+            cpu = time.process_time() - c0
             results.append({
                 "shard": d["shard_id"], "supported": True, "rule": d["rule"],
-                "family": rule.family, "networks": len(records), "seconds": t2 - t0,
+                "family": rule.family, "networks": len(records), "seconds": t2 - t0, "cpu_seconds": cpu,
                 "train_steps": bucket["train_steps"], "evaluation": bucket["evaluation"],
                 "recording": bucket["recording"], "store": t2 - t1,
                 "other": max((t1 - t0) - bucket["train_steps"] - bucket["evaluation"] - bucket["recording"], 0.0),
@@ -149,6 +154,7 @@ def summarise(rows: list[dict]) -> dict:
     loading = sum(r.get("task_loading_s", 0.0) for r in rows)
     rows = [r for r in rows if r.get("supported")]
     seconds = sum(r["seconds"] for r in rows)
+    cpu = sum(r.get("cpu_seconds", 0.0) for r in rows)
     networks = sum(r["networks"] for r in rows)
     parts = ("train_steps", "evaluation", "recording", "store", "other")
     per_family: dict[str, dict] = defaultdict(lambda: {"seconds": 0.0, "networks": 0})
@@ -160,6 +166,8 @@ def summarise(rows: list[dict]) -> dict:
         "networks": networks,
         "seconds": round(seconds, 3),
         "networks_per_min": round(60.0 * networks / seconds, 2) if seconds else None,
+        "cpu_seconds": round(cpu, 3),
+        "networks_per_cpu_min": round(60.0 * networks / cpu, 2) if cpu else None,
         "where_the_time_goes_s": {p: round(sum(r[p] for r in rows), 3) for p in parts},
         "per_family_s": {f: round(v["seconds"], 3) for f, v in sorted(per_family.items())},
         "task_loading_once_s": round(loading, 3),
@@ -223,6 +231,10 @@ def main() -> None:
             "networks_per_min_then": then_common["networks_per_min"],
             "speedup_vs_baseline": round(now_common["networks_per_min"] / then_common["networks_per_min"], 3)
             if then_common["networks_per_min"] else None,
+            "networks_per_cpu_min_now": now_common["networks_per_cpu_min"],
+            "networks_per_cpu_min_then": then_common["networks_per_cpu_min"],
+            "cpu_speedup_vs_baseline": round(now_common["networks_per_cpu_min"] / then_common["networks_per_cpu_min"], 3)
+            if then_common["networks_per_cpu_min"] else None,
             "then": then_common,
         }
     print(json.dumps(report, indent=2))

@@ -217,3 +217,81 @@ def test_unsupported_architectures_are_skipped_not_errors():
         pytest.skip("every registered rule supports cnn")
     shards = expand_spec({"rules": [cnn_less[0]], "architectures": [{"family": "cnn"}, {"family": "mlp"}]})
     assert [s.arch["family"] for s in shards] == ["mlp"]
+
+
+def test_records_are_identical_to_recordings_built_network_by_network(digits):
+    # Recorder.records builds every network's objects as views of population-wide arrays; they
+    # must be exactly what make_recording and per-network DataArrays would have built.
+    import xarray as xr
+
+    from rulefinder.recording import make_recording
+    from training_zoo.recorder import WEIGHT_STATS
+
+    net = _net(digits, m=3, arch={"family": "mlp", "depth": 2, "width": 12})
+    rec = Recorder(net, digits.x_probe, units_per_layer=5, seed=1)
+    steps = checkpoint_steps(12, 4)
+    res = train_population("hebbian", net, digits, "sgd", lr=torch.tensor([0.01, 1e4, 0.02]), epochs=1,
+                           seed=0, max_steps=12, checkpoints=steps, recorder=rec)
+    ids = [f"s/{i}" for i in range(3)]
+    meta = [{"rule": "hebbian", "family": "hebbian", "optimizer": "sgd", "architecture": "mlp",
+             "arch_family": "mlp", "task": "digits", "seed": i, "hyperparameters": {}} for i in range(3)]
+    records = rec.records(ids, meta, res["diverged"], res["diverged_step"])
+    areas, labels = rec.unit_labels()
+    acc = np.clip(np.stack(rec.test_accuracy, 1), 0.0, 1.0)
+    ckpt = {"checkpoint": np.arange(len(steps)), "step": ("checkpoint", np.asarray(steps, float))}
+    for i, r in enumerate(records):
+        want = make_recording(
+            np.stack(rec.responses, 1)[i], session_time=np.asarray(steps, float), unit_area=areas,
+            stimulus=np.arange(len(digits.x_probe)), performance=acc[i], area_order=rec.names, unit=labels,
+            source=ids[i], attrs={"network_id": ids[i], "output_units": "logits"},
+        )
+        xr.testing.assert_identical(r.recording, want)
+        assert r.recording.dtype == want.dtype and r.recording.attrs == want.attrs
+        xr.testing.assert_identical(r.weight_stats, xr.DataArray(
+            np.stack(rec.weight_stats, 1)[i], dims=("checkpoint", "layer", "weight_stat"),
+            coords={**ckpt, "layer": rec.names, "weight_stat": list(WEIGHT_STATS)}))
+        xr.testing.assert_identical(r.activity_change, xr.DataArray(
+            np.stack(rec.activity_change, 1)[i], dims=("checkpoint", "layer"), coords={**ckpt, "layer": rec.names}))
+        xr.testing.assert_identical(r.train_loss, xr.DataArray(
+            np.stack(rec.train_loss, 1)[i], dims=("checkpoint",), coords=ckpt))
+        assert r.diverged == bool(res["diverged"][i])
+
+
+def test_checkpoint_eval_subset_changes_no_training_and_the_last_checkpoint_uses_the_full_test_set(digits):
+    runs = []
+    for eval_examples in (None, 100):
+        net = _net(digits, m=3)
+        rec = Recorder(net, digits.x_probe, units_per_layer=4)
+        res = train_population("backprop", net, digits, "sgd", lr=0.1, epochs=1, seed=0, max_steps=30,
+                               checkpoints=checkpoint_steps(30, 4), recorder=rec, eval_examples=eval_examples)
+        runs.append((net, rec, res))
+    (full_net, full_rec, full_res), (sub_net, sub_rec, sub_res) = runs
+    for a, b in zip(full_net.parameters(), sub_net.parameters()):
+        assert torch.equal(a, b)
+    assert torch.equal(full_res["test_accuracy"], sub_res["test_accuracy"])
+    np.testing.assert_array_equal(full_rec.test_accuracy[-1], sub_rec.test_accuracy[-1])
+    np.testing.assert_array_equal(np.stack(full_rec.train_loss), np.stack(sub_rec.train_loss))
+    np.testing.assert_array_equal(full_rec.responses[1], sub_rec.responses[1])
+    for acc in sub_rec.test_accuracy[:-1]:  # measured on the first 100 test examples
+        np.testing.assert_allclose(acc * 100, np.round(acc * 100), atol=1e-4)
+    assert not np.array_equal(np.stack(full_rec.test_accuracy[:-1]), np.stack(sub_rec.test_accuracy[:-1]))
+
+
+def test_evaluate_relaxes_once_per_chunk_for_a_predict_built_on_forward(digits, monkeypatch):
+    from training_zoo.rules.equilibrium_propagation import EquilibriumPropagation
+    from training_zoo.trainer import evaluate
+
+    rule = EquilibriumPropagation()
+    net = _net(digits, m=2)
+    x, y = digits.x_test[:50], digits.y_test[:50]
+    want = (rule.predict(net, None, x).argmax(-1) == y).double().mean(1).float()
+    calls = []
+    original = EquilibriumPropagation.forward
+    monkeypatch.setattr(EquilibriumPropagation, "forward",
+                        lambda self, *a: calls.append(1) or original(self, *a))
+    acc, loss = evaluate(net, x, y, chunk=30, rule=rule, state=None)
+    assert len(calls) == 2  # two chunks, one relaxation each (predict reuses it)
+    assert torch.equal(acc, want) and torch.isfinite(loss).all()
+    assert "forward" not in vars(rule)
+    acc_off, loss_off = evaluate(net, x, y, chunk=30, rule=rule, state=None, accuracy=False)
+    assert torch.isnan(acc_off).all() and torch.equal(loss_off, loss)

@@ -153,18 +153,36 @@ class Recorder:
         k = resp.shape[2]
         out_pre = np.stack(self.output_pre, 1)  # (M, C, K, U_out)
         n_out = out_pre.shape[-1]
+        # The recording contract's checks run once, on network 0's recording, then on the
+        # whole population's values at once; every network's objects are then views of
+        # population-wide arrays (building 4 xarray objects per network with their indexes
+        # cost more than training a small shard). A failed check falls back to building the
+        # network's recording alone, so that the error names it.
+        template = make_recording(
+            resp[0], session_time=steps, unit_area=areas, stimulus=np.arange(k), performance=acc[0],
+            area_order=self.names, unit=labels, source=network_ids[0], attrs={},
+        )
+        nan = np.isnan(resp)
+        if np.isinf(resp).any() or nan.all(axis=(1, 2)).any() or nan.all(axis=(2, 3)).any():
+            for i in range(self.m):  # raises the RecordingError naming the network
+                make_recording(resp[i], session_time=steps, unit_area=areas, stimulus=np.arange(k),
+                               performance=acc[i], area_order=self.names, unit=labels, source=network_ids[i])
+        coords = {name: c.variable for name, c in template.coords.items() if name != "performance"}
+        population = xr.DataArray(
+            resp.astype(np.float64), dims=("network", *template.dims),
+            coords={**coords, "performance": (("network", "session"), acc.astype(np.float64))},
+            name=template.name,
+        )
+        ckpt = {"checkpoint": np.arange(len(steps)), "step": ("checkpoint", steps)}
+        ws_all = xr.DataArray(wstats, dims=("network", "checkpoint", "layer", "weight_stat"),
+                              coords={**ckpt, "layer": self.names, "weight_stat": list(WEIGHT_STATS)})
+        ac_all = xr.DataArray(change, dims=("network", "checkpoint", "layer"), coords={**ckpt, "layer": self.names})
+        tl_all = xr.DataArray(loss, dims=("network", "checkpoint"), coords=ckpt)
         out = []
         for i in range(self.m):
-            rec = make_recording(
-                resp[i], session_time=steps, unit_area=areas, stimulus=np.arange(k),
-                performance=acc[i], area_order=self.names, unit=labels,
-                source=network_ids[i], attrs={"network_id": network_ids[i], "output_units": self.output_units},
-            )
-            ckpt = {"checkpoint": np.arange(len(steps)), "step": ("checkpoint", steps)}
-            ws = xr.DataArray(wstats[i], dims=("checkpoint", "layer", "weight_stat"),
-                              coords={**ckpt, "layer": self.names, "weight_stat": list(WEIGHT_STATS)})
-            ac = xr.DataArray(change[i], dims=("checkpoint", "layer"), coords={**ckpt, "layer": self.names})
-            tl = xr.DataArray(loss[i], dims=("checkpoint",), coords=ckpt)
+            rec = population[i]
+            rec.attrs = {"network_id": network_ids[i], "output_units": self.output_units,
+                         "area_order": template.attrs["area_order"]}
             extras = {"diverged_step": int(dstep[i])} if div[i] else {}
             if not np.array_equal(out_pre[i], resp[i][..., -n_out:]):
                 extras["output_preactivation"] = {
@@ -172,7 +190,7 @@ class Recorder:
                     "data": np.round(out_pre[i].astype(np.float64), 6).tolist(),
                 }
             meta = {**dict(metadata[i]), "output_units": self.output_units}
-            out.append(NetworkRecord(network_ids[i], rec, meta, ws, ac, tl,
+            out.append(NetworkRecord(network_ids[i], rec, meta, ws_all[i], ac_all[i], tl_all[i],
                                      diverged=bool(div[i]), extras=extras))
         return out
 

@@ -18,6 +18,13 @@ from training_zoo.trainer import checkpoint_steps, train_population
 
 log = logging.getLogger(__name__)
 
+# Checkpoints before the last measure test accuracy on a fixed subset of this many test
+# examples (the last checkpoint, the final accuracy and ``learned`` use the whole test set):
+# evaluating the whole test set at all 21 checkpoints cost more than training on the default
+# spec's short shards (Forward-Forward scores every label; EqProp relaxes). Recorded in each
+# network's hyperparameters as ``checkpoint_eval_examples``.
+CHECKPOINT_EVAL_EXAMPLES = 256
+
 
 def _setup(shard: Shard, device: str, rule=None):
     """The shard's rule, task, population and step plan (shared by run and reference runs)."""
@@ -70,7 +77,7 @@ def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) 
     result = train_population(
         rule, net, task, shard.optimizer, lr=torch.tensor(shard.lrs), epochs=total / per_epoch + 1,
         batch_size=shard.batch_size, seed=shard.seed, max_steps=total, checkpoints=steps,
-        recorder=recorder, progress=progress,
+        recorder=recorder, progress=progress, eval_examples=CHECKPOINT_EVAL_EXAMPLES,
     )
     ids = [f"{shard.shard_id}/{i}" for i in range(m)]
     label = describe(shard.arch)
@@ -88,7 +95,9 @@ def run_shard(shard: Shard | dict, device: str = "cpu", progress: bool = False) 
                 "lr": shard.lrs[i], "init": shard.inits[i], "init_scale": shard.init_scales[i],
                 "batch_size": shard.batch_size, "input_scale": shard.input_scale,
                 "epochs": shard.epochs, "steps": total, "checkpoint_spacing": shard.spacing,
-                "checkpoints": shard.checkpoints, **{k: v for k, v in shard.arch.items() if k != "family"},
+                "checkpoints": shard.checkpoints,
+                "checkpoint_eval_examples": min(CHECKPOINT_EVAL_EXAMPLES, len(task.y_test)),
+                **{k: v for k, v in shard.arch.items() if k != "family"},
                 "rule": {k: v for k, v in rule.hyperparameters().items()
                          if isinstance(v, (int, float, str, bool))},
                 "shard_seed": shard.seed,

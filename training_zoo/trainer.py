@@ -16,6 +16,7 @@ snapshot and frozen there (it stops moving; the log says so; its record carries
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -64,7 +65,9 @@ def rule_logits(net, x, rule=None, state=None) -> torch.Tensor:
     Optional rule hooks (rules whose network is not just ``net.forward``, e.g. EqProp's fixed
     point or Forward-Forward's normalised layers): ``rule.forward(net, state, x) -> (pre, post)``
     in ``net.forward``'s layout, and ``rule.predict(net, state, x) -> scores (M, B, C)`` for
-    classification (the class with the highest score wins). A third hook,
+    classification (the class with the highest score wins). ``forward`` must be a function of
+    its arguments that draws no random numbers: :func:`evaluate` runs it once per chunk and
+    hands the same result to a ``predict`` that calls it again. A third hook,
     ``rule.bind_optimizer(state, make)``, is called by :func:`train_population` with
     ``make(params) -> optimizer`` of the population's kind and settings, and a fourth,
     ``rule.plan(state, total_steps, batch_size)``, once before the first step with the run's
@@ -76,25 +79,57 @@ def rule_logits(net, x, rule=None, state=None) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(net, x: torch.Tensor, y: torch.Tensor, chunk: int = 512, rule=None, state=None
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def evaluate(net, x: torch.Tensor, y: torch.Tensor, chunk: int = 512, rule=None, state=None,
+             accuracy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-network (accuracy, mean cross-entropy) on ``(x, y)``: two (M,) tensors.
 
     With a ``rule`` that has the optional hooks (see :func:`rule_logits`), the loss comes from
-    its forward pass and the accuracy from its ``predict``.
+    its forward pass and the accuracy from its ``predict``. ``accuracy=False`` skips the
+    accuracy (NaN) where only the loss is wanted: a rule's ``predict`` can cost many forward
+    passes (Forward-Forward scores every candidate label).
     """
     correct = torch.zeros(net.m, device=x.device, dtype=torch.float64)
     loss = torch.zeros(net.m, device=x.device, dtype=torch.float64)
+    predicts = rule is not None and hasattr(rule, "predict")
     for i in range(0, len(x), chunk):
         xx, yy = x[i : i + chunk], y[i : i + chunk]
-        z = rule_logits(net, xx, rule, state)
-        scores = rule.predict(net, state, xx) if rule is not None and hasattr(rule, "predict") else z
-        correct += (scores.argmax(-1) == yy.unsqueeze(0)).sum(1).double()
+        with _forward_once(rule, net, state, xx):
+            z = rule_logits(net, xx, rule, state)
+            if accuracy:
+                scores = rule.predict(net, state, xx) if predicts else z
+                correct += (scores.argmax(-1) == yy.unsqueeze(0)).sum(1).double()
         ce = torch.nn.functional.cross_entropy(
             z.reshape(-1, z.shape[-1]).double(), yy.repeat(net.m), reduction="none"
         ).reshape(net.m, -1)
         loss += ce.sum(1)
-    return (correct / len(x)).float(), (loss / len(x)).float()
+    acc = (correct / len(x)).float() if accuracy else torch.full((net.m,), float("nan"), device=x.device)
+    return acc, (loss / len(x)).float()
+
+
+@contextlib.contextmanager
+def _forward_once(rule, net, state, x):
+    """While evaluating one chunk, ``rule.forward`` on that very chunk runs once: a ``predict``
+    built on the forward pass (EqProp's free fixed point) reuses the evaluation's relaxation
+    instead of relaxing again. The forward hook is a function of (net, state, x) alone and
+    draws no random numbers (see :func:`rule_logits`), so this changes no result."""
+    if rule is None or not hasattr(rule, "forward") or "forward" in vars(rule):
+        yield
+        return
+    original = rule.forward
+    cache: list = []
+
+    def forward(net_, state_, x_):
+        if net_ is net and state_ is state and x_ is x:
+            if not cache:
+                cache.append(original(net_, state_, x_))
+            return cache[0]
+        return original(net_, state_, x_)
+
+    rule.forward = forward
+    try:
+        yield
+    finally:
+        del rule.forward
 
 
 def _as_rule(rule) -> LearningRule:
@@ -122,6 +157,7 @@ def train_population(
     blowup_loss: float = 1e3,
     progress: bool = False,
     final_eval: bool = True,
+    eval_examples: int | None = None,
 ) -> dict:
     """Train the M networks of ``net`` (a DenseStack or PopulationCNN) in place.
 
@@ -135,6 +171,10 @@ def train_population(
         checkpoints: steps at which ``recorder.record(step, net, train_loss, test_acc)`` is
             called (0 = before training); needs a recorder.
         final_eval: evaluate on the test set after training (benchmarks time training alone).
+        eval_examples: checkpoints before the last measure test accuracy on the test set's
+            first ``eval_examples`` examples (a fixed subset; the split is shuffled) instead of
+            all of it; the last checkpoint and the final evaluation always use the full test set.
+            ``None``: the full test set everywhere.
 
     Returns a dict: ``test_accuracy`` (M,), ``test_loss`` (M,), ``train_loss`` (M,) (mean batch
     loss over the last epoch), ``diverged`` (M,) bool, ``diverged_step`` (M,) (-1 if not),
@@ -164,6 +204,11 @@ def train_population(
     if ckpts and recorder is None:
         raise ValueError("checkpoints were given without a recorder")
     x_fit, y_fit = task.x_train[:512], task.y_train[:512]
+    if eval_examples is not None and int(eval_examples) < 1:
+        raise ValueError(f"eval_examples is {eval_examples}: expected a positive count or None")
+    x_eval, y_eval = (task.x_test, task.y_test) if eval_examples is None else (
+        task.x_test[: int(eval_examples)], task.y_test[: int(eval_examples)])
+    last_eval: list = []  # (acc, test loss) of a checkpoint at the last step: the final evaluation
 
     diverged = torch.zeros(m, dtype=torch.bool, device=device)
     diverged_step = torch.full((m,), -1, dtype=torch.long)
@@ -176,7 +221,9 @@ def train_population(
         nonlocal next_ck
         # The last update may have blown a network up after its loss was checked: catch that
         # here so that nothing non-finite or exploded is ever recorded.
-        acc, test_loss = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
+        last = step == total
+        x_ev, y_ev = (task.x_test, task.y_test) if last else (x_eval, y_eval)
+        acc, test_loss = evaluate(net, x_ev, y_ev, rule=rule, state=state)
         finite = torch.ones(m, dtype=torch.bool, device=device)
         for p in net.parameters():
             finite &= torch.isfinite(p).reshape(m, -1).all(1)
@@ -189,8 +236,10 @@ def train_population(
             with torch.no_grad():
                 for s, p in zip(snapshot, net.parameters()):
                     p[blown] = s[blown]
-            acc, _ = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
-        _, fit_loss = evaluate(net, x_fit, y_fit, rule=rule, state=state)
+            acc, test_loss = evaluate(net, x_ev, y_ev, rule=rule, state=state)
+        if last:
+            last_eval[:] = [acc, test_loss]
+        _, fit_loss = evaluate(net, x_fit, y_fit, rule=rule, state=state, accuracy=False)
         recorder.record(step, net, fit_loss, acc, rule=rule, state=state)
         for s, p in zip(snapshot, net.parameters()):
             s.copy_(p)
@@ -247,7 +296,9 @@ def train_population(
     if bar is not None:
         bar.close()
     seconds = time.perf_counter() - t0
-    if final_eval:
+    if final_eval and last_eval:  # the parameters have not moved since the last checkpoint
+        acc, test_loss = last_eval
+    elif final_eval:
         acc, test_loss = evaluate(net, task.x_test, task.y_test, rule=rule, state=state)
     else:
         acc = test_loss = torch.full((m,), float("nan"), device=device)
