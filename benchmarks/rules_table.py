@@ -169,11 +169,11 @@ def main() -> None:
         seconds = time.perf_counter() - t0
     out = Path(args.out)
     text = render(results, args.quick, seconds)
-    # benchmarks/learned_fraction.py, rule_hyperparameters.py and cnn_local_rules.py own sections at the end
-    # of the same page: keep them
+    # benchmarks/learning_reference.py, learned_fraction.py, rule_hyperparameters.py and cnn_local_rules.py
+    # own sections at the end of the same page: keep them
     old = out.read_text() if out.exists() else ""
-    kept = [old.index(m) for m in ("<!-- learned-fraction", "<!-- rule-hyperparameters", "<!-- cnn-local-rules")
-            if m in old]
+    kept = [old.index(m) for m in ("<!-- learning-bars", "<!-- learned-fraction", "<!-- rule-hyperparameters",
+                                   "<!-- cnn-local-rules") if m in old]
     if kept:
         text = text.rstrip("\n") + "\n\n" + old[min(kept):]
     out.write_text(text)

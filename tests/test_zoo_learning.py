@@ -85,3 +85,33 @@ def test_validation_split_is_carved_from_the_training_data_only():
     assert torch.equal(validation_split(task, fraction=0.2, seed=3).x_test, v.x_test)
     with pytest.raises(ValueError, match="empty split"):
         validation_split(task, fraction=0.0)
+
+
+def test_every_cell_of_the_default_spec_has_a_shipped_learning_bar():
+    """The store's ``learned`` flag comes from training_zoo/learning_reference.json for every task,
+    architecture family and optimizer of the default spec (no fallback to a chance baseline)."""
+    from training_zoo.baselines import learned_threshold
+    from training_zoo.spec import load_spec
+
+    spec = load_spec("default")
+    missing = [(t, a["family"], o) for t in spec["tasks"] for a in spec["architectures"]
+               for o in spec["optimizers"] if learned_threshold(t, a["family"], o) is None]
+    assert not missing, missing
+
+
+def test_learned_fraction_of_a_store_per_rule_and_variant():
+    """benchmarks/learned_fraction.py --store: fractions per rule, and per variant within it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.learned_fraction import analyse_store
+
+    row = dict(task="digits", arch_family="mlp", optimizer="sgd", epochs=2.0, lr=0.1)
+    rows = ([{**row, "rule": "a", "variant": "default", "learned": True}] * 3
+            + [{**row, "rule": "a", "variant": "other", "learned": False}]
+            + [{**row, "rule": "b", "variant": "default", "learned": False, "epochs": 4.0}])
+    out = analyse_store(rows)
+    assert out["a"]["fraction"] == 0.75 and out["a"]["n"] == 4
+    assert out["a"]["variants"] == {"default": (1.0, 3), "other": (0.0, 1)}
+    assert out["b"]["fraction"] == 0.0
