@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     nwb_read_timeout_s: float = Field(
         default=30.0,
         ge=0,
+        allow_inf_nan=False,
         description="Seconds one .nwb session file may take to read, in a reader process that is killed "
         "after it (libhdf5 can loop forever on a damaged file); 0 reads in-process with no limit.",
     )

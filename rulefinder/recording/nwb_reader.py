@@ -63,7 +63,7 @@ def _serve(request: dict, send) -> None:
     out = Path(request["out"])
     # a backstop for a reader whose parent died mid-file: SIGALRM's default action ends the
     # process even while libhdf5 holds the interpreter; the parent kills it long before
-    alarm = int(math.ceil(2 * request["timeout_s"])) + 10
+    alarm = min(int(math.ceil(2 * request["timeout_s"])) + 10, 2**31 - 1)
     for i, (path, source) in enumerate(request["files"]):
         send({"start": i})
         if hasattr(signal, "alarm"):
@@ -166,7 +166,7 @@ class _Reader:
 
     def _next(self, deadline: float):
         try:
-            return self.events.get(timeout=max(deadline - time.monotonic(), 0.0))
+            return self.events.get(timeout=min(max(deadline - time.monotonic(), 0.0), threading.TIMEOUT_MAX))
         except queue.Empty:
             return "timeout"
 
