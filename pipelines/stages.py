@@ -83,12 +83,15 @@ def evaluate(ctx: StageContext) -> dict:
     parameters: the config's splits (default: the headline splits plus the expected-accuracy
     grid the card needs)."""
     from rulefinder.classify import evaluate as evaluation
+    from rulefinder.store import ZooStore
 
     cfg = ctx.config.evaluate
     out_dir = ctx.out / "evaluation"
     splits = list(cfg.splits) if cfg.splits is not None else [*evaluation.HEADLINE_SPLITS, "grid"]
     options = {"cache_dir": str(ctx.out / "feature-cache"), **cfg.options}  # a resumed run reuses rows
-    metrics = evaluation.evaluate(ctx.store_url, out_dir, splits=splits, params=dict(ctx.config.fit.params),
+    # The opened store, not its URL: the evaluator would open a URL without storage_options.
+    store = ZooStore.open(ctx.store_url, storage_options=ctx.storage_options)
+    metrics = evaluation.evaluate(store, out_dir, splits=splits, params=dict(ctx.config.fit.params),
                                   progress=ctx.progress, **options)
     ctx.state["metrics"] = metrics
     headline = {k: v for k, v in metrics.items() if k.startswith(("rule_bacc", "open_set", "control"))

@@ -29,13 +29,21 @@ def local_path(url: str) -> str:
 def zarr_store(url: str, *, read_only: bool = False, storage_options: dict | None = None) -> Store:
     if is_local(url):
         return LocalStore(local_path(url), read_only=read_only)
-    return FsspecStore.from_url(str(url), storage_options=storage_options or {}, read_only=read_only)
+    return FsspecStore.from_url(str(url), storage_options=_fs_options(storage_options), read_only=read_only)
+
+
+def _fs_options(storage_options: dict | None) -> dict:
+    # No directory-listing cache: other processes (Ray workers, other nodes) add shards and
+    # feature groups while this one keeps its filesystem, and fsspec reuses one filesystem per
+    # URL and options in a process; a cached listing of an object store hid every shard the
+    # workers wrote from the driver (found by tests/test_pipeline_s3.py).
+    return {"use_listings_cache": False, **(storage_options or {})}
 
 
 def filesystem(url: str, storage_options: dict | None = None) -> tuple[Any, str]:
     if is_local(url):
         return fsspec.filesystem("file"), os.path.abspath(local_path(url))
-    fs, path = fsspec.core.url_to_fs(str(url), **(storage_options or {}))
+    fs, path = fsspec.core.url_to_fs(str(url), **_fs_options(storage_options))
     return fs, path
 
 
