@@ -265,3 +265,24 @@ def test_benchmark_prints_one_json_object():
     )
     out = json.loads(res.stdout)
     assert out["recordings_per_s"] > 0 and out["plain_pass_recordings_per_s"] > 0
+
+
+def test_only_the_sessions_the_grid_reads_are_computed_and_the_numbers_do_not_change():
+    """With more sessions than the grid's segments read, statistics are computed for those
+    sessions only; the trajectories equal those from every session (rounding apart), alone
+    or in a block whose recordings have different session times."""
+    from rulefinder.features.extractor import _session_trajectories
+    from rulefinder.features.resample import resample
+
+    rng = np.random.default_rng(12)
+    block = np.maximum(rng.standard_normal((3, 25, 6, 9)) + np.linspace(0, 2, 25)[None, :, None, None], 0)
+    times = np.cumsum(rng.uniform(0.1, 3.0, (3, 25)), axis=1)
+    for n_times in (3, 6):
+        full = resample(session_statistics(block), times, n_times)
+        fast = resample(_session_trajectories(block, times, n_times), times, n_times)
+        np.testing.assert_allclose(fast, full, rtol=1e-12, atol=1e-12)
+    areas = np.repeat(["l1", "l2"], [4, 5])
+    fe = FeatureExtractor(n_times=4, n_threads=1, chunk=3).fit()
+    batched = fe.transform_block(block, times, areas, ["l1", "l2"])
+    recs = [make_recording(b, session_time=t, unit_area=areas, area_order=["l1", "l2"]) for b, t in zip(block, times)]
+    np.testing.assert_array_equal(batched.values, fe.transform(recs).values)

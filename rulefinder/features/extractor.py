@@ -30,8 +30,8 @@ import xarray as xr
 from sklearn.base import BaseEstimator, TransformerMixin
 from threadpoolctl import ThreadpoolController
 
-from rulefinder.features.resample import DEFAULT_N_TIMES, canonical_grid, resample
-from rulefinder.features.statistics import STAT_NAMES, session_statistics
+from rulefinder.features.resample import DEFAULT_N_TIMES, canonical_grid, resample, segments
+from rulefinder.features.statistics import STAT_NAMES, area_scale, session_statistics
 from rulefinder.recording.model import DIMS, areas_of, validate_recording
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,33 @@ def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray
         block = np.stack([np.asarray(values[..., cols[ai]], dtype=np.float64) for ai in group], axis=1)
         block = block.reshape(r * len(group), *block.shape[2:])  # (R x areas, S, K, N)
         st = session_time if np.ndim(session_time) == 1 else np.repeat(session_time, len(group), axis=0)
-        out[:, group] = resample(session_statistics(block), st, n_times).reshape(r, len(group), len(STAT_NAMES), n_times)
+        traj = _session_trajectories(block, st, n_times)
+        out[:, group] = resample(traj, st, n_times).reshape(r, len(group), len(STAT_NAMES), n_times)
     return out
+
+
+def _session_trajectories(block: np.ndarray, session_time: np.ndarray, n_times: int) -> np.ndarray:
+    """``session_statistics(block)`` where the resampling reads it: the grid's interpolation
+    uses two sessions per grid point, so with more sessions than that only those (and the
+    first and last, which the drift statistics refer to) are computed, the others left 0.
+    The area scale comes from every session either way. Rows go in groups of the same
+    session set (a recording with lost values: all), so that a recording's numbers do not
+    depend on the block it is in: BLAS rounds a product by its shape."""
+    r, s = block.shape[:2]
+    scale = area_scale(block)
+    j = segments(session_time, n_times, r)
+    lost = np.isnan(block.reshape(r, -1)).any(axis=1)
+    keys = [() if lost[i] else tuple(np.unique(np.concatenate([j[i], j[i] + 1, [0, s - 1]])).tolist()) for i in range(r)]
+    traj = np.zeros((r, s, len(STAT_NAMES)))
+    for key in dict.fromkeys(keys):
+        rows = np.flatnonzero([k == key for k in keys])
+        need = np.asarray(key) if 0 < len(key) < s else np.arange(s)
+        part = session_statistics(block[rows][:, need], scale[rows])
+        traj[rows[:, None], need[None, :]] = part
+        undefined = rows[np.isnan(part).any(axis=(1, 2))] if need.size < s else rows[:0]
+        if undefined.size:  # the resampling bridges undefined sessions from every other one
+            traj[undefined] = session_statistics(block[undefined], scale[undefined])
+    return traj
 
 
 def _as_array(block) -> np.ndarray:

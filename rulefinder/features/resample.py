@@ -30,6 +30,15 @@ def relative_time(session_time: np.ndarray) -> np.ndarray:
     return (t - t[..., :1]) / span
 
 
+def segments(session_time: np.ndarray, n_times: int = DEFAULT_N_TIMES, rows: int = 1) -> np.ndarray:
+    """For each grid point, the session j of its segment (tau_j <= g <= tau_{j+1}): ``(rows,
+    n_times)``; linear interpolation reads sessions j and j + 1 only."""
+    tau = np.broadcast_to(relative_time(session_time), (rows, np.shape(session_time)[-1]))
+    s = tau.shape[1]
+    grid = canonical_grid(n_times)
+    return np.stack([np.clip(np.searchsorted(row, grid, side="right") - 1, 0, s - 2) for row in tau])
+
+
 def resample(traj: np.ndarray, session_time: np.ndarray, n_times: int = DEFAULT_N_TIMES) -> np.ndarray:
     """Interpolate ``traj`` ``(R, S, F)`` given at ``session_time`` ``(S,)`` or ``(R, S)`` onto the
     canonical grid: returns ``(R, F, n_times)``."""
@@ -37,7 +46,7 @@ def resample(traj: np.ndarray, session_time: np.ndarray, n_times: int = DEFAULT_
     grid = canonical_grid(n_times)
     tau = np.broadcast_to(relative_time(session_time), (r, s))
     # Segment j(g) with tau_j <= g <= tau_{j+1}, weight of its right end.
-    j = np.stack([np.clip(np.searchsorted(row, grid, side="right") - 1, 0, s - 2) for row in tau])
+    j = segments(session_time, n_times, r)
     left = np.take_along_axis(tau, j, axis=1)
     right = np.take_along_axis(tau, j + 1, axis=1)
     w = ((grid[None, :] - left) / (right - left))[:, :, None]  # (R, G, 1)

@@ -156,15 +156,17 @@ def _quantiles(srt: np.ndarray, cnt: np.ndarray, qs=(0.5, 0.75)):
     return out
 
 
-def session_statistics(x: np.ndarray) -> np.ndarray:
+def session_statistics(x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     """Statistics of every session of every recording of a block, ``(R, S, len(STAT_NAMES))``.
 
     ``x`` is ``(R, S, K, N)`` for one area. Rows are computed independently of each other, so a
-    recording gives the same numbers alone or inside any block.
+    recording gives the same numbers alone or inside any block. ``scale`` (R,) is the area
+    scale when ``x`` holds only some of the recordings' sessions (the first and the last among
+    them: the ``*_first`` / ``*_last`` statistics refer to them); default: from ``x``.
     """
     x = np.ascontiguousarray(x, dtype=np.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        return _session_statistics(x)
+        return _session_statistics(x, scale)
 
 
 def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
@@ -235,7 +237,7 @@ def _row_moments(v, mask, cnt, row_sum, k, n, sums, mom, row_ms) -> None:
         mom["abs"][:, mixed] = (ca, a2.sum(axis=1) / cm, _rowdot(am, a2) / cm, _rowdot(a2, a2) / cm)
 
 
-def _session_statistics(x: np.ndarray) -> np.ndarray:
+def _session_statistics(x: np.ndarray, scale: np.ndarray | None = None) -> np.ndarray:
     r, s, k, n = x.shape
     nrow = r * s
     rows = x.reshape(nrow, k * n)
@@ -279,8 +281,9 @@ def _session_statistics(x: np.ndarray) -> np.ndarray:
     # Values are divided by the area scale s before rounding, so that c * x rounds exactly as
     # x does (up to a 1e-16 change in s): quantiles stay scale-invariant far below 1e-6.
     sum_sq = row_ms * cnt
-    scale = np.sqrt(sum_sq.reshape(r, s).sum(axis=1) / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
-    scale = np.where(scale > 0, scale, 1.0)
+    if scale is None:
+        scale = np.sqrt(sum_sq.reshape(r, s).sum(axis=1) / np.maximum(cnt.reshape(r, s).sum(axis=1), 1.0))
+        scale = np.where(scale > 0, scale, 1.0)
     inv = np.repeat(1.0 / scale, s)
     v32 = np.empty((nrow, k * n), np.float32)
     np.multiply(v if mask is None else np.where(mask, v, np.nan), inv[:, None], out=v32, casting="same_kind")
