@@ -87,3 +87,18 @@ def test_clock_discounts_independent_noise():
     noisy = clean + 0.5 * clean.std() * rng.normal(size=clean.shape)
     c_clean, c_noisy = activity_clock([clean], tau), activity_clock([noisy], tau)
     assert np.abs(c_clean - c_noisy).max() < 0.15
+
+
+def test_feature_rows_with_progress_and_spread_are_invariant():
+    from rulefinder.classify.features import area_feature_names, area_feature_rows
+    from rulefinder.recording import load_recording
+
+    rec = load_recording("examples/mlp_backprop.npz")
+    fs = "stats+change+structure+progress+spread"
+    rows = area_feature_rows([rec], n_times=8, feature_set=fs)
+    assert rows.sizes["feature"] == len(area_feature_names(8, fs))
+    rng = np.random.default_rng(7)
+    shuffled = rec.isel(unit=rng.permutation(rec.sizes["unit"]), stimulus=rng.permutation(rec.sizes["stimulus"])) * 5.0
+    again = area_feature_rows([shuffled], n_times=8, feature_set=fs)
+    dyn = [i for i, n in enumerate(rows.feature.values) if str(n).startswith(("P_", "dP_", "U_"))]
+    np.testing.assert_allclose(rows.values[:, dyn], again.values[:, dyn], rtol=1e-6, atol=1e-8)

@@ -8,6 +8,9 @@ Feature sets (``feature_set``, ``+``-joined):
   how the area changes rather than what it is;
 * ``structure``: change-structure features of :mod:`rulefinder.classify.structure` (how the
   area's change relates to the output's and the next area's);
+* ``progress``: the statistics read on the recording's activity clock instead of relative
+  time, and their change (``P_*``, ``dP_*``; :mod:`rulefinder.classify.dynamics`);
+* ``spread``: how change is distributed over units and stimuli (``U_*``; same module);
 * always: ``depth`` (0 input side .. 1 output side) and ``depth_known``.
 
 All are invariant to unit order, stimulus order and the recording's scale (the statistics are).
@@ -20,12 +23,21 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from rulefinder.classify.dynamics import (
+    activity_clock,
+    progress_feature_names,
+    progress_features,
+    spread_feature_names,
+    spread_features,
+)
 from rulefinder.classify.structure import structure_feature_names, structure_features_arrays
 from rulefinder.features import STAT_NAMES, canonical_grid
+from rulefinder.features.resample import relative_time
+from rulefinder.features.statistics import session_statistics
 from rulefinder.features.extractor import RecordingArrays, _one_blas_thread
 from rulefinder.recording.model import validate_recording
 
-FEATURE_SETS: tuple[str, ...] = ("stats", "change", "structure")
+FEATURE_SETS: tuple[str, ...] = ("stats", "change", "structure", "progress", "spread")
 
 
 def _parse(feature_set: str) -> list[str]:
@@ -46,6 +58,10 @@ def area_feature_names(n_times: int, feature_set: str) -> list[str]:
         names += [f"d_{s}@t{g:.2f}" for s in STAT_NAMES for g in grid[1:]]
     if "structure" in parts:
         names += structure_feature_names()
+    if "progress" in parts:
+        names += progress_feature_names(STAT_NAMES, n_times)
+    if "spread" in parts:
+        names += spread_feature_names()
     return names + ["depth", "depth_known"]
 
 
@@ -62,6 +78,14 @@ def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray
         cols.append(
             structure_features_arrays(arrays.values, arrays.unit_area, arrays.areas, arrays.area_order, arrays.session_time)
         )
+    if "progress" in parts or "spread" in parts:
+        blocks = [np.asarray(arrays.values[:, :, arrays.unit_area == a], dtype=np.float64) for a in arrays.areas]
+        if "progress" in parts:
+            clock = activity_clock(blocks, relative_time(arrays.session_time))
+            per_session = np.stack([session_statistics(b[None])[0] for b in blocks])  # (area, session, stat)
+            cols.append(progress_features(per_session, clock, n_times))
+        if "spread" in parts:
+            cols.append(np.stack([spread_features(b) for b in blocks]))
     depth, known = arrays.depths()
     return np.concatenate([*cols, depth[:, None], np.full((len(depth), 1), float(known))], axis=1)
 
