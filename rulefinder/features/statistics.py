@@ -82,8 +82,11 @@ def area_scale(x: np.ndarray) -> np.ndarray:
     """Root mean square of each recording's block over all sessions, stimuli and units, (R,)."""
     flat = x.reshape(x.shape[0], -1)
     ok = ~np.isnan(flat)
-    z = np.where(ok, flat, 0.0)
-    s = np.sqrt(_rowdot(z, z) / np.maximum(ok.sum(axis=1), 1))
+    if ok.all():  # nothing lost: the same numbers without the masked copy
+        s = np.sqrt(_rowdot(flat, flat) / max(flat.shape[1], 1))
+    else:
+        z = np.where(ok, flat, 0.0)
+        s = np.sqrt(_rowdot(z, z) / np.maximum(ok.sum(axis=1), 1))
     return np.where(s > 0, s, 1.0)
 
 
