@@ -267,10 +267,10 @@ def test_neighbour_reference_is_float32_on_disk_and_old_models_still_load(regist
     est, _ = fitted
     loaded = registry.load("default").estimator
     assert loaded.reference_.dtype == np.float32 and not hasattr(loaded, "neighbors_")
-    assert "_reference_cache" not in loaded.__getstate__()
     recs = [synthetic_recording(i % 3, i % 2, 900 + i) for i in range(4)]
     rows = loaded.transform(recs)
     new = loaded.unknown_scores_features(rows)
+    assert "_reference_cache" in loaded.__dict__ and "_reference_cache" not in loaded.__getstate__()
     old = copy.deepcopy(loaded)
     old.neighbors_ = NearestNeighbors(n_neighbors=old.n_neighbors + 1).fit(old.reference_.astype(np.float64))
     del old.reference_
