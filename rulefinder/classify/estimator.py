@@ -201,7 +201,7 @@ class RuleIdentifier(BaseEstimator):
         classifier: str = "logreg",
         max_iter: int = 100,
         n_times: int = 8,
-        feature_set: str = "stats+change+structure",
+        feature_set: str = "stats+change+structure+progress+spread",
         calibration_folds: int = 4,
         identified_precision: float = 0.9,
         unknown_level: float = 0.95,
