@@ -224,6 +224,8 @@ def _drive(args, url: str, proc: psutil.Process, model: str) -> dict:
                         marks["mark"] = server_state()
                     if cycle % args.rss_every == 0:
                         timeline.append([cycle, round(proc.memory_info().rss / 2**20, 1)])
+                        # Progress for long soaks (stdout stays one JSON object).
+                        print(f"cycle {cycle}: server RSS {timeline[-1][1]} MB, {len(errors)} errors", file=sys.stderr, flush=True)
                     if cycle >= args.cycles:
                         stop.set()
 

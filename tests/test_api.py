@@ -242,3 +242,40 @@ def test_serving_never_imports_torch_or_training_zoo(tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+
+
+def test_storage_reads_never_wait_for_a_writer_and_threaded_writers_all_land(tmp_path):
+    import threading
+
+    store = Storage(tmp_path)
+    jid = store.add_job("local", ["rec_x"], "default").id
+    inside, release = threading.Event(), threading.Event()
+
+    def long_write():
+        with store._write() as conn:
+            conn.execute("UPDATE jobs SET updated = updated + 1 WHERE id = ?", (jid,))
+            inside.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=long_write)
+    writer.start()
+    try:
+        assert inside.wait(10)
+        t0 = time.monotonic()
+        # The event loop reads while a worker is mid-transaction: WAL snapshot, no lock wait.
+        assert store.get_job(jid).status == "queued" and store.job_status(jid) == "queued"
+        assert time.monotonic() - t0 < 1.0
+    finally:
+        release.set()
+        writer.join()
+
+    def add_jobs(n):
+        for _ in range(n):
+            store.start_job(store.add_job("local", ["rec_x"], "default").id)
+
+    threads = [threading.Thread(target=add_jobs, args=(25,)) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(store.requeue_unfinished()) == 1 + 8 * 25
