@@ -105,17 +105,25 @@ def spread_feature_names() -> list[str]:
     return names
 
 
-def _distribution(v: np.ndarray) -> list[float]:
-    v = np.sort(np.abs(v[np.isfinite(v)]))
-    if v.size < 2 or v.sum() <= _EPS:
-        return [0.0, 0.0, 0.0, 0.0]
-    m = v.mean()
-    n = v.size
-    gini = float((2 * np.arange(1, n + 1) - n - 1).dot(v) / (n * v.sum()))
+def _distributions(v: np.ndarray) -> np.ndarray:
+    """Rows of non-negative values ``(W, n)`` -> ``(W, 4)``: coefficient of variation, Gini
+    coefficient, kurtosis of the logarithm and the top-10 % share of each row."""
+    v = np.sort(np.abs(v), axis=1)
+    w, n = v.shape
+    out = np.zeros((w, 4))
+    total = v.sum(axis=1)
+    ok = total > _EPS
+    if n < 2 or not ok.any():
+        return out
+    v = v[ok]
+    m = v.mean(axis=1, keepdims=True)
+    out[ok, 0] = v.std(axis=1) / m[:, 0]
+    out[ok, 1] = (v @ (2 * np.arange(1, n + 1) - n - 1)) / (n * total[ok])
     lv = np.log(v + 1e-6 * m)
-    lz = (lv - lv.mean()) / (lv.std() + _EPS)
-    top = float(v[-max(1, n // 10):].sum() / v.sum())
-    return [float(v.std() / m), gini, float((lz**4).mean()), top]
+    lz = (lv - lv.mean(axis=1, keepdims=True)) / (lv.std(axis=1, keepdims=True) + _EPS)
+    out[ok, 2] = (lz**4).mean(axis=1)
+    out[ok, 3] = v[:, -max(1, n // 10):].sum(axis=1) / total[ok]
+    return out
 
 
 def _windows(n_sessions: int) -> list[tuple[int, int]]:
@@ -130,16 +138,16 @@ def _windows(n_sessions: int) -> list[tuple[int, int]]:
 def spread_features(x: np.ndarray) -> np.ndarray:
     """One area's block ``(S, K, N)`` -> the ``spread`` features (:func:`spread_feature_names`)."""
     z = np.nan_to_num(_unit_rms(np.asarray(x, dtype=np.float64)))
-    out: list[float] = []
-    means = []
-    for i, j in _windows(z.shape[0]):
-        d = z[j] - z[i]
-        out += _distribution(np.sqrt((d * d).mean(axis=0)))  # per unit, over stimuli
-        out += _distribution(np.sqrt((d * d).mean(axis=1)))  # per stimulus, over units
-        total = float((d * d).sum()) + _EPS
-        mu = d.mean(axis=0)
-        out += [float(np.sqrt(total / (float((z[i] ** 2).sum()) + _EPS))), float((mu * mu).sum() * d.shape[0] / total)]
-        means.append(mu)
-    for a, b in zip(means[:-2], means[1:-1], strict=True):  # consecutive windows, not first->last
-        out.append(float(a.dot(b) / (np.sqrt(a.dot(a) * b.dot(b)) + _EPS)))
-    return np.asarray(out, dtype=np.float64)
+    ws = np.asarray(_windows(z.shape[0]))
+    d = z[ws[:, 1]] - z[ws[:, 0]]  # (W, K, N)
+    d2 = d * d
+    unit = _distributions(np.sqrt(d2.mean(axis=1)))  # per unit, over stimuli
+    stim = _distributions(np.sqrt(d2.mean(axis=2)))  # per stimulus, over units
+    total = d2.sum(axis=(1, 2)) + _EPS
+    start = (z[ws[:, 0]] ** 2).sum(axis=(1, 2)) + _EPS
+    mu = d.mean(axis=1)  # (W, N): change of the mean response
+    meanfrac = (mu * mu).sum(axis=1) * d.shape[1] / total
+    per_window = np.concatenate([unit, stim, np.sqrt(total / start)[:, None], meanfrac[:, None]], axis=1)
+    a, b = mu[:-2], mu[1:-1]  # consecutive windows, not first->last
+    cos = (a * b).sum(axis=1) / (np.sqrt((a * a).sum(axis=1) * (b * b).sum(axis=1)) + _EPS)
+    return np.concatenate([per_window.ravel(), cos])
