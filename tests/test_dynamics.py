@@ -102,3 +102,25 @@ def test_feature_rows_with_progress_and_spread_are_invariant():
     again = area_feature_rows([shuffled], n_times=8, feature_set=fs)
     dyn = [i for i, n in enumerate(rows.feature.values) if str(n).startswith(("P_", "dP_", "U_"))]
     np.testing.assert_allclose(rows.values[:, dyn], again.values[:, dyn], rtol=1e-6, atol=1e-8)
+
+
+def test_one_statistics_pass_equals_the_full_reference():
+    """The shared pass (time grid + clock levels, only the sessions they read) gives the
+    numbers of the plain reference: statistics of every session, area by area."""
+    from rulefinder.classify.features import area_feature_rows
+    from rulefinder.features.extractor import RecordingArrays, _area_columns
+    from rulefinder.features.resample import relative_time
+    from rulefinder.features.statistics import STAT_NAMES, session_statistics
+    from rulefinder.recording import load_recording
+    from rulefinder.recording.model import validate_recording
+
+    rec = validate_recording(load_recording("examples/mlp_backprop.npz"))
+    arrays = RecordingArrays.of(rec)
+    blocks = [np.asarray(arrays.values[:, :, c], dtype=np.float64) for c in _area_columns(arrays.unit_area, arrays.areas)]
+    clock = activity_clock(blocks, relative_time(arrays.session_time))
+    reference = progress_features(np.stack([session_statistics(b[None])[0] for b in blocks]), clock, 8)
+    rows = area_feature_rows([rec], 8, "progress", validated=True)
+    np.testing.assert_allclose(rows.values[:, :-2], reference, rtol=1e-9, atol=1e-12)
+    feats, _ = arrays.features_and_statistics(8, [1, 2])
+    np.testing.assert_allclose(feats, arrays.features(8), rtol=1e-12, atol=1e-14)
+    assert feats.shape == (len(arrays.areas), len(STAT_NAMES), 8)

@@ -27,14 +27,14 @@ from rulefinder.classify.dynamics import (
     activity_clock,
     progress_feature_names,
     progress_features,
+    progress_sessions,
     spread_feature_names,
     spread_features,
 )
 from rulefinder.classify.structure import structure_feature_names, structure_features_arrays
 from rulefinder.features import STAT_NAMES, canonical_grid
 from rulefinder.features.resample import relative_time
-from rulefinder.features.statistics import session_statistics
-from rulefinder.features.extractor import RecordingArrays, _one_blas_thread
+from rulefinder.features.extractor import RecordingArrays, _area_columns, _one_blas_thread
 from rulefinder.recording.model import validate_recording
 
 FEATURE_SETS: tuple[str, ...] = ("stats", "change", "structure", "progress", "spread")
@@ -68,8 +68,16 @@ def area_feature_names(n_times: int, feature_set: str) -> list[str]:
 def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray:
     """One valid recording's arrays -> ``(area, feature)``."""
     cols = []
-    if "stats" in parts or "change" in parts:
-        f = arrays.features(n_times)  # (area, stat, time)
+    blocks = clock = per_session = None
+    if "progress" in parts or "spread" in parts:
+        values = np.asarray(arrays.values, dtype=np.float64)
+        blocks = [values[:, :, c] for c in _area_columns(arrays.unit_area, arrays.areas)]
+    if "progress" in parts:
+        clock = activity_clock(blocks, relative_time(arrays.session_time))
+    if "stats" in parts or "change" in parts or "progress" in parts:
+        # One pass of the statistics serves the time grid and the clock levels.
+        extra = progress_sessions(clock, n_times) if clock is not None else None
+        f, per_session = arrays.features_and_statistics(n_times, extra)  # (area, stat, time)
         if "stats" in parts:
             cols.append(f.reshape(f.shape[0], -1))
         if "change" in parts:
@@ -78,14 +86,10 @@ def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray
         cols.append(
             structure_features_arrays(arrays.values, arrays.unit_area, arrays.areas, arrays.area_order, arrays.session_time)
         )
-    if "progress" in parts or "spread" in parts:
-        blocks = [np.asarray(arrays.values[:, :, arrays.unit_area == a], dtype=np.float64) for a in arrays.areas]
-        if "progress" in parts:
-            clock = activity_clock(blocks, relative_time(arrays.session_time))
-            per_session = np.stack([session_statistics(b[None])[0] for b in blocks])  # (area, session, stat)
-            cols.append(progress_features(per_session, clock, n_times))
-        if "spread" in parts:
-            cols.append(np.stack([spread_features(b) for b in blocks]))
+    if "progress" in parts:
+        cols.append(progress_features(per_session, clock, n_times))
+    if "spread" in parts:
+        cols.append(np.stack([spread_features(b) for b in blocks]))
     depth, known = arrays.depths()
     return np.concatenate([*cols, depth[:, None], np.full((len(depth), 1), float(known))], axis=1)
 

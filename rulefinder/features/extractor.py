@@ -101,10 +101,13 @@ def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray
     return out
 
 
-def _session_trajectories(block: np.ndarray, session_time: np.ndarray, n_times: int) -> np.ndarray:
+def _session_trajectories(
+    block: np.ndarray, session_time: np.ndarray, n_times: int, extra=None, computed: np.ndarray | None = None
+) -> np.ndarray:
     """``session_statistics(block)`` where the resampling reads it: the grid's interpolation
     uses two sessions per grid point, so with more sessions than that only those (and the
-    first and last, which the drift statistics refer to) are computed, the others left 0.
+    first and last, which the drift statistics refer to, and ``extra`` sessions) are computed,
+    the others left 0; ``computed`` ``(R, S)`` bool, when given, is set where computed.
     The area scale comes from every session either way. Rows go in groups of the same
     session set (a recording with lost values: all), so that a recording's numbers do not
     depend on the block it is in: BLAS rounds a product by its shape."""
@@ -112,16 +115,22 @@ def _session_trajectories(block: np.ndarray, session_time: np.ndarray, n_times: 
     scale = area_scale(block)
     j = segments(session_time, n_times, r)
     lost = np.isnan(block.reshape(r, -1)).any(axis=1)
-    keys = [() if lost[i] else tuple(np.unique(np.concatenate([j[i], j[i] + 1, [0, s - 1]])).tolist()) for i in range(r)]
+    also = np.asarray([] if extra is None else extra, dtype=int)
+    keys = [() if lost[i] else tuple(np.unique(np.concatenate([j[i], j[i] + 1, [0, s - 1], also])).tolist())
+            for i in range(r)]
     traj = np.zeros((r, s, len(STAT_NAMES)))
     for key in dict.fromkeys(keys):
         rows = np.flatnonzero([k == key for k in keys])
         need = np.asarray(key) if 0 < len(key) < s else np.arange(s)
         part = session_statistics(block[rows][:, need], scale[rows])
         traj[rows[:, None], need[None, :]] = part
+        if computed is not None:
+            computed[rows[:, None], need[None, :]] = True
         undefined = rows[np.isnan(part).any(axis=(1, 2))] if need.size < s else rows[:0]
         if undefined.size:  # the resampling bridges undefined sessions from every other one
             traj[undefined] = session_statistics(block[undefined], scale[undefined])
+            if computed is not None:
+                computed[undefined] = True
     return traj
 
 
@@ -181,6 +190,25 @@ class RecordingArrays:
         """``(area, stat, time)``, the values of :func:`recording_features`."""
         cols = _area_columns(self.unit_area, self.areas)
         return _compute(self.values[None], self.session_time, cols, n_times)[0]
+
+    def features_and_statistics(self, n_times: int, extra_sessions=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(area, stat, time)`` as :meth:`features`, and the per-session statistics it was
+        resampled from, ``(area, session, stat)``, at the sessions the grid reads plus
+        ``extra_sessions`` (NaN at the sessions not computed): one pass for both."""
+        cols = _area_columns(self.unit_area, self.areas)
+        s = self.values.shape[0]
+        traj = np.empty((len(cols), s, len(STAT_NAMES)))
+        computed = np.zeros((len(cols), s), dtype=bool)
+        widths: dict[int, list[int]] = {}
+        for ai, idx in enumerate(cols):
+            widths.setdefault(idx.stop - idx.start if isinstance(idx, slice) else len(idx), []).append(ai)
+        for group in widths.values():
+            block = np.stack([np.asarray(self.values[:, :, cols[ai]], dtype=np.float64) for ai in group])
+            done = np.zeros((len(group), s), dtype=bool)
+            traj[group] = _session_trajectories(block, self.session_time, n_times, extra_sessions, done)
+            computed[group] = done
+        feats = resample(traj, self.session_time, n_times)
+        return feats, np.where(computed[:, :, None], traj, np.nan)
 
     def depths(self) -> tuple[np.ndarray, bool]:
         return _depths(self.areas, self.area_order)
