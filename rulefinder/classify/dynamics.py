@@ -52,7 +52,10 @@ def progress_feature_names(stat_names, n_times: int) -> list[str]:
 
 
 def _unit_rms(z: np.ndarray) -> np.ndarray:
-    return z / (np.sqrt(np.nanmean(z * z)) + _EPS)
+    ms = float(np.mean(z * z))
+    if not np.isfinite(ms):  # units missing in some sessions
+        ms = float(np.nanmean(z * z))
+    return z / (np.sqrt(ms) + _EPS)
 
 
 def activity_clock(blocks, tau: np.ndarray) -> np.ndarray:
@@ -75,6 +78,15 @@ def activity_clock(blocks, tau: np.ndarray) -> np.ndarray:
         return np.asarray(tau, dtype=np.float64)
     clock = np.maximum.accumulate(np.mean(per_area, axis=0))
     return clock / clock[-1] if clock[-1] > _EPS else np.asarray(tau, dtype=np.float64)
+
+
+def progress_sessions(clock: np.ndarray, n_times: int) -> np.ndarray:
+    """The sessions :func:`progress_features` reads (the two around each clock level, and the
+    first and last): statistics of the others may be left NaN."""
+    s = clock.size
+    xp = clock + 1e-9 * np.arange(s)
+    j = np.clip(np.searchsorted(xp, progress_levels(n_times), side="right") - 1, 0, s - 2)
+    return np.unique(np.concatenate([j, j + 1, [0, s - 1]]))
 
 
 def progress_features(session_stats: np.ndarray, clock: np.ndarray, n_times: int) -> np.ndarray:

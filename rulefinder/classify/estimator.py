@@ -5,7 +5,10 @@ Model (used by ``rulefinder.classify.predict``, the pipeline and the service; re
 
 1. Each area of a recording becomes one row of features (:mod:`rulefinder.classify.features`):
    the per-session statistics of :mod:`rulefinder.features` as trajectories over relative
-   time, their change from the first session, and the area's depth. Every statistic is
+   time, their change from the first session, change-structure numbers
+   (:mod:`rulefinder.classify.structure`), the statistics again on the recording's activity
+   clock and how change spreads over units and stimuli (:mod:`rulefinder.classify.dynamics`),
+   and the area's depth. Every statistic is
    invariant to unit order, stimulus order and the recording's scale, so the model is too.
 2. Areas combine by depth (``aggregate="depth"``, the default): one row per recording, the
    features of the output-side area, of the deepest other area and the mean of the other
