@@ -124,3 +124,17 @@ def test_one_statistics_pass_equals_the_full_reference():
     feats, _ = arrays.features_and_statistics(8, [1, 2])
     np.testing.assert_allclose(feats, arrays.features(8), rtol=1e-12, atol=1e-14)
     assert feats.shape == (len(arrays.areas), len(STAT_NAMES), 8)
+
+
+def test_no_learning_visible_when_change_is_only_session_noise():
+    """Negative controls (a frozen network plus noise, pure noise) differ first-to-last no more
+    than neighbouring sessions do: no learning is visible and the verdict is unknown; a
+    recording that learns is left alone."""
+    from rulefinder.classify.evaluate import negative_controls
+    from rulefinder.classify.predict import no_learning
+    from rulefinder.recording import load_recording
+
+    rec = load_recording("examples/mlp_backprop.npz")
+    assert no_learning(rec) is None
+    for control in negative_controls(rec, seed=3):
+        assert "neighbouring sessions" in (no_learning(control) or "")

@@ -30,7 +30,8 @@ returns the metrics. Splits (names in ``SPLITS``):
 * ``controls``: for networks of the ``lofo_arch`` test folds, two negative controls per
   network: its first checkpoint repeated in every session plus moderate noise, and pure
   Gaussian noise of the same shape. ``controls_unknown_rate`` is the fraction with verdict
-  ``unknown``.
+  ``unknown`` (as ``predict_recordings`` gives it: ``unknown`` also when no learning is
+  visible, :func:`rulefinder.classify.predict.no_learning`).
 
 Headline numbers count only ``learned`` networks; ``*_not_learned`` keys report the rest.
 """
@@ -670,6 +671,8 @@ def _performance_only(traj: np.ndarray, table, learned) -> float | None:
 
 
 def _controls(store, table, arch: _OOF, n_networks: int, rng) -> dict:
+    from rulefinder.classify.predict import no_learning
+
     tested = np.flatnonzero(arch.seen)
     pick = _spread(tested, table["rule"].values, n_networks, rng)
     verdicts, scores = [], []
@@ -681,7 +684,8 @@ def _controls(store, table, arch: _OOF, n_networks: int, rng) -> dict:
         if not recs:
             continue
         details = model.predict_details_features(area_feature_rows(recs, model.n_times, model.feature_set))
-        verdicts += [d["verdict"] for d in details]
+        # As predict_recordings does: no learning visible -> unknown.
+        verdicts += ["unknown" if no_learning(r) else d["verdict"] for d, r in zip(details, recs, strict=True)]
         scores += [d["unknown_score"] for d in details]
     v = np.asarray(verdicts)
     return {

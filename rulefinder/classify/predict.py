@@ -30,6 +30,12 @@ FEW_SESSIONS = 5
 NO_CHANGE_FRACTION = 0.01
 #: Performance gain (first to best session) below which no learning is visible.
 NO_PERFORMANCE_GAIN = 0.02
+#: Learning drifts: the first and last sessions differ more than neighbouring sessions do.
+#: Below this ratio (first-to-last squared distance over the median squared step between
+#: neighbouring sessions) the change is indistinguishable from session-to-session noise:
+#: about 1 for a frozen network plus noise or for pure noise (0.89-1.03 on the default zoo's
+#: negative controls), 6 or more for 90 % of its networks.
+NO_DRIFT_RATIO = 1.5
 
 
 @dataclass(frozen=True)
@@ -123,7 +129,20 @@ def _no_learning(rec: xr.DataArray) -> str | None:
     frac = float(np.mean(session_part[live] / total[live]))
     if frac < NO_CHANGE_FRACTION:
         return f"responses change by {frac:.2%} of their variance across sessions"
+    if x.shape[0] >= 3:
+        z = np.nan_to_num(x)
+        steps = ((z[1:] - z[:-1]) ** 2).sum(axis=(1, 2))
+        ratio = float(((z[-1] - z[0]) ** 2).sum() / max(float(np.median(steps)), 1e-300))
+        if ratio < NO_DRIFT_RATIO:
+            return (f"the first and last sessions differ {ratio:.2f}x as much as neighbouring sessions do "
+                    "(change indistinguishable from session-to-session noise)")
     return None
+
+
+def no_learning(rec: xr.DataArray) -> str | None:
+    """Why no learning is visible in a valid recording (``None`` when it is): then the verdict
+    is ``unknown``, whatever the classifier says: there is nothing to identify."""
+    return _no_learning(rec)
 
 
 def resolve_model(model: str | LoadedModel | None) -> LoadedModel:
@@ -160,6 +179,12 @@ def predict_recordings(
     details = loaded.estimator.predict_details(recordings, group=group, validated=True)
     sizes = [recording_size(r) for r in recordings]
     notes = [limit_warnings(r, s) for r, s in zip(recordings, sizes, strict=True)]
+    frozen = [any(w.startswith("no learning visible") for w in ws) for ws in notes]
+    for d, f in zip(details if not group else [], frozen, strict=False):
+        if f:
+            d["verdict"] = "unknown"
+    if group and all(frozen):
+        details[0]["verdict"] = "unknown"
     cells = [expected_accuracy(loaded.card, s.units, s.sessions, noise) for s in sizes]
 
     if group:
