@@ -36,6 +36,7 @@ NO_PERFORMANCE_GAIN = 0.02
 #: about 1 for a frozen network plus noise or for pure noise (0.89-1.03 on the default zoo's
 #: negative controls), 6 or more for 90 % of its networks.
 NO_DRIFT_RATIO = 1.5
+NO_LEARNING = "no learning visible"
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def limit_warnings(rec: xr.DataArray, size: RecordingSize | None = None) -> list
         out.append(f"areas without depth: {what} with no area_order; give --area-order (input to output side) if known")
     reason = _no_learning(rec)
     if reason:
-        out.append(f"no learning visible: {reason}")
+        out.append(f"{NO_LEARNING}: {reason}")
     return out
 
 
@@ -179,12 +180,11 @@ def predict_recordings(
     details = loaded.estimator.predict_details(recordings, group=group, validated=True)
     sizes = [recording_size(r) for r in recordings]
     notes = [limit_warnings(r, s) for r, s in zip(recordings, sizes, strict=True)]
-    frozen = [any(w.startswith("no learning visible") for w in ws) for ws in notes]
-    for d, f in zip(details if not group else [], frozen, strict=False):
+    # Nothing to identify where no learning is visible (a group: in none of its recordings).
+    frozen = [any(w.startswith(NO_LEARNING) for w in ws) for ws in notes]
+    for d, f in zip(details, [all(frozen)] if group else frozen, strict=True):
         if f:
             d["verdict"] = "unknown"
-    if group and all(frozen):
-        details[0]["verdict"] = "unknown"
     cells = [expected_accuracy(loaded.card, s.units, s.sessions, noise) for s in sizes]
 
     if group:
