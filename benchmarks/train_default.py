@@ -18,6 +18,11 @@ Steps (all seeded by --seed):
 5. With ``--refit-all`` the shipped estimator is refitted on every network (the table then
    describes a model trained on fewer networks: a conservative estimate; the card says so).
 
+Recordings are featurised in ``--jobs`` processes, one network at a time (a 20,000-network zoo's
+recordings do not fit in memory at once); with ``--cache DIR`` every recording's feature rows are
+kept there (``rulefinder.classify.cache``), so a rerun or ``benchmarks/scale_curve.py`` reads them.
+``--grid-max-networks`` reads the grid on a rule-stratified subset of the held-out networks.
+
 The card's catalogue is ``training_zoo.rules.catalogue()`` at training time (this script may
 import training_zoo; predicting never does). Prints one JSON summary.
 """
@@ -25,6 +30,7 @@ import training_zoo; predicting never does). Prints one JSON summary.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import json
 import logging
 import os
@@ -36,6 +42,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np
+import xarray as xr
 import yaml
 from tqdm.auto import tqdm
 
@@ -50,7 +57,9 @@ from rulefinder.classify.card import (  # noqa: E402
     git_commit,
     spec_hash,
 )
+from rulefinder.classify.cache import concat_rows, load_rows, rows_dir, save_rows  # noqa: E402
 from rulefinder.classify.dataset import network_table  # noqa: E402
+from rulefinder.classify.features import area_feature_names, area_feature_rows  # noqa: E402
 from rulefinder.classify.estimator import RuleIdentifier  # noqa: E402
 from rulefinder.classify.registry import write_model  # noqa: E402
 from rulefinder.store import ZooStore  # noqa: E402
@@ -70,6 +79,48 @@ def experiment(units: int | None, sessions: int | None, noise: str) -> list[dict
     if noise != "none":
         steps.append({"op": "gaussian_noise", "snr": noise})
     return steps
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(store_url: str, n_times: int, feature_set: str, cache_dir: str | None) -> None:
+    _WORKER.update(
+        store=ZooStore.open(store_url), n_times=n_times, feature_set=feature_set,
+        names=area_feature_names(n_times, feature_set),
+        root=rows_dir(cache_dir, n_times, feature_set) if cache_dir else None,
+    )
+
+
+def _featurise(job: tuple[str, list[tuple[str, list[dict], int]]]) -> list[xr.DataArray]:
+    """Rows of one network's recordings: ``job`` = (network id, [(cache key, virtual-experiment
+    steps, seed), ...]); no steps = the full recording. Cached per key when a cache is given."""
+    nid, wanted = job
+    root, names = _WORKER["root"], _WORKER["names"]
+    out: list[xr.DataArray | None] = [load_rows(root, key, names) if root else None for key, _, _ in wanted]
+    if any(part is None for part in out):
+        rec = _WORKER["store"].recording(nid)
+        todo = [i for i, part in enumerate(out) if part is None]
+        seen = [VirtualExperiment(wanted[i][1], seed=wanted[i][2]).apply(rec) if wanted[i][1] else rec for i in todo]
+        rows = area_feature_rows(seen, n_times=_WORKER["n_times"], feature_set=_WORKER["feature_set"])
+        rec_of = rows.coords["recording"].values
+        for j, i in enumerate(todo):
+            part = rows.isel(sample=np.flatnonzero(rec_of == j))
+            out[i] = part
+            if root is not None:
+                save_rows(root, wanted[i][0], part)
+    return out
+
+
+def featurise(jobs: list, store_url: str, est: RuleIdentifier, cache_dir: str | None, n_jobs: int, desc: str) -> list[list]:
+    """:func:`_featurise` over ``jobs`` in ``n_jobs`` processes (spawned: the store's event-loop
+    thread does not survive a fork), in order."""
+    args = (store_url, est.n_times, est.feature_set, cache_dir)
+    if n_jobs <= 1:
+        _init_worker(*args)
+        return [_featurise(j) for j in tqdm(jobs, desc=desc, unit="network")]
+    with multiprocessing.get_context("spawn").Pool(n_jobs, initializer=_init_worker, initargs=args) as pool:
+        return list(tqdm(pool.imap(_featurise, jobs, chunksize=4), total=len(jobs), desc=desc, unit="network"))
 
 
 def split_shards(table, holdout: float, seed: int) -> np.ndarray:
@@ -117,6 +168,10 @@ def main(argv=None) -> int:
     ap.add_argument("--params", default="{}", help="RuleIdentifier parameters as JSON.")
     ap.add_argument("--refit-all", action="store_true")
     ap.add_argument("--max-networks", type=int, default=0, help="Use at most this many networks (quick runs).")
+    ap.add_argument("--grid-max-networks", type=int, default=0,
+                    help="Read the expected-accuracy grid on at most this many held-out networks (stratified by rule; 0: all).")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Processes that featurise recordings.")
+    ap.add_argument("--cache", help="Keep every recording's feature rows here (a rerun, or benchmarks/scale_curve.py, reads them).")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -136,33 +191,61 @@ def main(argv=None) -> int:
     units = [int(u) for u in args.grid_units.split(",")]
     sessions = [int(s) for s in args.grid_sessions.split(",")]
     noises = args.grid_noise.split(",")
-    rng = np.random.default_rng(args.seed + 1)
+    params = json.loads(args.params)
+    est = RuleIdentifier(**params)
+
+    def draws_of(i: int) -> list[tuple[str, list[dict], int]]:
+        """The full recording plus ``--draws`` virtual experiments, drawn per network (so the
+        draw does not depend on the order in which networks are featurised)."""
+        out = [(ids[i], [], 0)]
+        rng = np.random.default_rng([args.seed, i])
+        for d in range(args.draws):
+            steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
+            seed = int(args.seed * 1_000_003 + i * 101 + d)
+            out.append((f"{ids[i]}@train{d}-s{seed}", steps, seed))
+        return out
 
     def training_set(mask: np.ndarray):
-        recs, rows = [], []
-        for i in tqdm(np.flatnonzero(mask), desc="training recordings", unit="network"):
-            rec = store.recording(ids[i])
-            recs.append(rec)
-            rows.append(i)
-            for d in range(args.draws):
-                steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
-                recs.append(VirtualExperiment(steps, seed=int(args.seed * 1_000_003 + i * 101 + d)).apply(rec))
-                rows.append(i)
-        rows = np.asarray(rows)
-        return recs, {t: labels[t][rows] for t in TARGETS}, shards[rows]
+        idx = np.flatnonzero(mask)
+        parts = featurise([(ids[i], draws_of(i)) for i in idx], args.store, est, args.cache, args.jobs, "training recordings")
+        rows = np.repeat(idx, [len(p) for p in parts])
+        return concat_rows([r for p in parts for r in p]), {t: labels[t][rows] for t in TARGETS}, shards[rows]
 
-    params = json.loads(args.params)
     t0 = time.perf_counter()
-    recs, y, groups = training_set(~held)
-    est = RuleIdentifier(**params).fit(recs, y, groups)
+    rows, y, groups = training_set(~held)
+    n_samples = int(rows.coords["recording"].values.max()) + 1
+    est.fit_features(rows, y, groups)
+    del rows
     fit_s = time.perf_counter() - t0
-    log.info("fitted on %d recordings in %.0f s", len(recs), fit_s)
+    log.info("featurised and fitted on %d recordings in %.0f s", n_samples, fit_s)
 
-    # Held-out evaluation: full recordings, then the grid.
+    # Held-out evaluation: full recordings, then the grid (on a rule-stratified subset when capped).
     t0 = time.perf_counter()
     held_idx = np.flatnonzero(held)
-    full = [store.recording(ids[i]) for i in tqdm(held_idx, desc="held-out recordings", unit="network")]
-    details = est.predict_details(full)
+    grid_idx = held_idx
+    if args.grid_max_networks and held_idx.size > args.grid_max_networks:
+        rng = np.random.default_rng(args.seed + 2)
+        rules_held = labels["rule"][held_idx]
+        per_rule = max(1, args.grid_max_networks // np.unique(rules_held).size)
+        grid_idx = np.sort(np.concatenate([
+            rng.permutation(held_idx[rules_held == r])[:per_rule] for r in np.unique(rules_held)
+        ]))
+    cell_steps = [
+        (noise, u, s, experiment(None if u == units[-1] else u, None if s == sessions[-1] else s, noise))
+        for noise in noises for u in units for s in sessions
+    ]
+    grid_pos = {int(i): k for k, i in enumerate(grid_idx)}
+
+    def held_jobs(i: int) -> tuple[str, list]:
+        wanted = [(ids[i], [], 0)]
+        if int(i) in grid_pos:
+            j = grid_pos[int(i)]
+            wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{7919 * j + 31 * u + s}", steps, int(7919 * j + 31 * u + s))
+                       for noise, u, s, steps in cell_steps]
+        return ids[i], wanted
+
+    held_parts = featurise([held_jobs(i) for i in held_idx], args.store, est, args.cache, args.jobs, "held-out recordings")
+    details = est.predict_details_features(concat_rows([p[0] for p in held_parts]))
     truth = {t: labels[t][held_idx] for t in TARGETS}
     pred = {
         t: np.array([max(d[f"{t}_probabilities"], key=d[f"{t}_probabilities"].get) for d in details]) for t in TARGETS
@@ -185,35 +268,36 @@ def main(argv=None) -> int:
             str(c): float(np.mean(pred["rule"][truth["rule"] == c] == c)) for c in np.unique(truth["rule"])
         },
     }
+    learned_held = table["learned"].values.astype(bool)[held_idx] if "learned" in table else None
+    if learned_held is not None and learned_held.any():
+        metrics["rule_balanced_accuracy_learned"] = balanced_accuracy(truth["rule"][learned_held], pred["rule"][learned_held])
+        metrics["n_heldout_learned"] = int(learned_held.sum())
+    in_grid = [k for k, i in enumerate(held_idx) if int(i) in grid_pos]
+    grid_truth = labels["rule"][held_idx[in_grid]]
     cells = []
-    for noise in noises:
-        for u in units:
-            for s in sessions:
-                steps = experiment(None if u == units[-1] else u, None if s == sessions[-1] else s, noise)
-                seen = [
-                    VirtualExperiment(steps, seed=int(7919 * j + 31 * u + s)).apply(r) if steps else r
-                    for j, r in enumerate(full)
-                ]
-                p = est.predict_proba(seen)["rule"]
-                top = est.classes_["rule"][p.argmax(axis=1)]
-                cells.append(
-                    AccuracyCell(
-                        units=u,
-                        sessions=s,
-                        noise=noise,
-                        accuracy=round(float(np.mean(top == truth["rule"])), 4),
-                        n=len(seen),
-                        confusable=confused_pairs(truth["rule"], top, min_rate=0.15, top=5),
-                    )
-                )
-                log.info("cell %s units=%d sessions=%d: %.3f", noise, u, s, cells[-1].accuracy)
+    for c, (noise, u, s, _) in enumerate(cell_steps):
+        p = est.predict_proba_features(concat_rows([held_parts[k][1 + c] for k in in_grid]))["rule"]
+        top = est.classes_["rule"][p.argmax(axis=1)]
+        cells.append(
+            AccuracyCell(
+                units=u,
+                sessions=s,
+                noise=noise,
+                accuracy=round(float(np.mean(top == grid_truth)), 4),
+                n=len(in_grid),
+                confusable=confused_pairs(grid_truth, top, min_rate=0.15, top=5),
+            )
+        )
+        log.info("cell %s units=%d sessions=%d: %.3f", noise, u, s, cells[-1].accuracy)
     eval_s = time.perf_counter() - t0
 
     if args.refit_all:
         t0 = time.perf_counter()
-        recs, y, groups = training_set(np.ones(ids.size, dtype=bool))
-        est = RuleIdentifier(**params).fit(recs, y, groups)
-        log.info("refitted on all %d recordings in %.0f s", len(recs), time.perf_counter() - t0)
+        rows, y, groups = training_set(np.ones(ids.size, dtype=bool))
+        n_samples = int(rows.coords["recording"].values.max()) + 1
+        est = RuleIdentifier(**params).fit_features(rows, y, groups)
+        del rows
+        log.info("refitted on all %d recordings in %.0f s", n_samples, time.perf_counter() - t0)
 
     from training_zoo.rules import catalogue
 
@@ -237,7 +321,7 @@ def main(argv=None) -> int:
             rules={str(r): int(c) for r, c in zip(rules, counts, strict=True)},
         ),
         n_networks=int(ids.size if args.refit_all else (~held).sum()),
-        n_samples=len(recs),
+        n_samples=n_samples,
         metrics=metrics,
         expected_accuracy=cells,
         thresholds={

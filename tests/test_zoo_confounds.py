@@ -40,6 +40,15 @@ def test_every_rule_meets_the_same_circumstances_in_a_cell():
             assert s.lrs == ref.lrs and s.epochs == ref.epochs, (cell, s.rule)
 
 
+def test_a_spec_seed_names_its_shards_apart_so_seeds_can_share_a_store():
+    spec = dict(load_spec("smoke"))
+    ids0 = [s.shard_id for s in expand_spec(dict(spec, seed=0))]
+    ids1 = [s.shard_id for s in expand_spec(dict(spec, seed=1))]
+    assert all(not i.endswith(".s0") for i in ids0)  # seed 0 keeps the ids stores already hold
+    assert all(i.endswith(".s1") for i in ids1)
+    assert not set(ids0) & set(ids1)
+
+
 def test_rule_scales_apply_per_rule_and_optimizer_and_nothing_else():
     base = {"name": "t", "rules": ["backprop", "feedback_alignment"], "optimizers": ["sgd", "adam"],
             "variants": "default", "networks_per_shard": 3,

@@ -278,7 +278,9 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
                 lr_scale = _rule_scale(rule_lr_scale, rule, opt, "rule_lr_scale")
                 ep_scale = _rule_scale(rule_epochs_scale, rule, opt, "rule_epochs_scale")
                 shards.append(Shard(
-                    shard_id=f"{rule}.{variant}.{opt}.{task}.a{ai}.r{rep}",
+                    # A spec seed other than 0 names its shards apart, so zoos expanded from
+                    # several seeds can grow one store without two shards sharing an id.
+                    shard_id=f"{rule}.{variant}.{opt}.{task}.a{ai}.r{rep}" + (f".s{seed}" if seed else ""),
                     rule=rule, variant=variant, optimizer=opt, task=task, arch=dict(d["arch"]),
                     lrs=[v * lr_scale for v in d["lrs"]], inits=list(d["inits"]),
                     init_scales=list(d["init_scales"]), seeds=list(d["seeds"]),

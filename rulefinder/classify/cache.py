@@ -33,11 +33,62 @@ def _path(root: Path, network: str) -> Path:
 
 
 def concat_rows(parts: Sequence[xr.DataArray]) -> xr.DataArray:
-    """Rows of several recordings, renumbered so ``recording`` is the position in ``parts``."""
-    fixed = []
-    for i, p in enumerate(parts):
-        fixed.append(p.assign_coords(recording=("sample", np.full(p.sizes["sample"], i, dtype=int))))
-    return xr.concat(fixed, dim="sample")
+    """Rows of several recordings, renumbered so ``recording`` is the position in ``parts``.
+    One numpy concatenation per coordinate: ``xr.concat`` over tens of thousands of small
+    arrays takes minutes."""
+    if not parts:
+        raise ValueError("concat_rows: no rows given")
+    first = parts[0]
+    sizes = [p.sizes["sample"] for p in parts]
+    coords = {"feature": first.coords["feature"].values,
+              "recording": ("sample", np.repeat(np.arange(len(parts)), sizes))}
+    for name in ("area", "depth", "depth_known", "units"):
+        if name in first.coords:
+            coords[name] = ("sample", np.concatenate([p.coords[name].values for p in parts]))
+    return xr.DataArray(np.concatenate([p.values for p in parts], axis=0), dims=("sample", "feature"),
+                        coords=coords, name=first.name)
+
+
+def rows_dir(cache_dir: str | Path, n_times: int, feature_set: str) -> Path:
+    """The cache folder for one feature set and grid (created)."""
+    root = Path(cache_dir) / feature_key(n_times, feature_set)
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def load_rows(root: Path, key: str, names: Sequence[str]) -> xr.DataArray | None:
+    """The cached rows stored under ``key`` (a network id, or any name), or None."""
+    path = _path(root, key)
+    if not path.exists():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        return xr.DataArray(
+            z["data"],
+            dims=("sample", "feature"),
+            coords={
+                "feature": list(names),
+                "recording": ("sample", np.zeros(z["data"].shape[0], dtype=int)),
+                "area": ("sample", z["area"]),
+                "depth": ("sample", z["depth"]),
+                "depth_known": ("sample", z["depth_known"]),
+                "units": ("sample", z["units"]),
+            },
+        )
+
+
+def save_rows(root: Path, key: str, part: xr.DataArray) -> None:
+    """Store one recording's rows under ``key``, atomically (a reader never sees half a file)."""
+    path = _path(root, key)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(
+        tmp,
+        data=part.values,
+        area=part.coords["area"].values.astype(str),
+        depth=part.coords["depth"].values,
+        depth_known=part.coords["depth_known"].values,
+        units=part.coords["units"].values,
+    )
+    tmp.replace(path)
 
 
 def network_rows(
@@ -51,38 +102,13 @@ def network_rows(
     """Area rows of the plain recordings of ``networks`` (``recording`` = position in
     ``networks``), read from / written to ``cache_dir`` when given."""
     names = area_feature_names(n_times, feature_set)
-    root = Path(cache_dir) / feature_key(n_times, feature_set) if cache_dir else None
-    if root:
-        root.mkdir(parents=True, exist_ok=True)
+    root = rows_dir(cache_dir, n_times, feature_set) if cache_dir else None
     parts = []
     for nid in tqdm(list(networks), desc="features", unit="network", disable=not progress):
-        path = _path(root, nid) if root else None
-        if path is not None and path.exists():
-            with np.load(path, allow_pickle=False) as z:
-                part = xr.DataArray(
-                    z["data"],
-                    dims=("sample", "feature"),
-                    coords={
-                        "feature": names,
-                        "recording": ("sample", np.zeros(z["data"].shape[0], dtype=int)),
-                        "area": ("sample", z["area"]),
-                        "depth": ("sample", z["depth"]),
-                        "depth_known": ("sample", z["depth_known"]),
-                        "units": ("sample", z["units"]),
-                    },
-                )
-        else:
+        part = load_rows(root, nid, names) if root else None
+        if part is None:
             part = area_feature_rows([store.recording(nid)], n_times=n_times, feature_set=feature_set)
-            if path is not None:
-                tmp = path.with_suffix(".tmp.npz")
-                np.savez(
-                    tmp,
-                    data=part.values,
-                    area=part.coords["area"].values.astype(str),
-                    depth=part.coords["depth"].values,
-                    depth_known=part.coords["depth_known"].values,
-                    units=part.coords["units"].values,
-                )
-                tmp.replace(path)
+            if root is not None:
+                save_rows(root, nid, part)
         parts.append(part)
     return concat_rows(parts)
