@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 import time
+import zlib
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -86,7 +87,7 @@ _WORKER: dict = {}
 
 def _init_worker(store_url: str, n_times: int, feature_set: str, cache_dir: str | None) -> None:
     _WORKER.update(
-        store=ZooStore.open(store_url), n_times=n_times, feature_set=feature_set,
+        store=ZooStore.open(store_url, consolidated=False), n_times=n_times, feature_set=feature_set,
         names=area_feature_names(n_times, feature_set),
         root=rows_dir(cache_dir, n_times, feature_set) if cache_dir else None,
     )
@@ -112,15 +113,28 @@ def _featurise(job: tuple[str, list[tuple[str, list[dict], int]]]) -> list[xr.Da
     return out
 
 
-def featurise(jobs: list, store_url: str, est: RuleIdentifier, cache_dir: str | None, n_jobs: int, desc: str) -> list[list]:
-    """:func:`_featurise` over ``jobs`` in ``n_jobs`` processes (spawned: the store's event-loop
-    thread does not survive a fork), in order."""
-    args = (store_url, est.n_times, est.feature_set, cache_dir)
-    if n_jobs <= 1:
-        _init_worker(*args)
-        return [_featurise(j) for j in tqdm(jobs, desc=desc, unit="network")]
-    with multiprocessing.get_context("spawn").Pool(n_jobs, initializer=_init_worker, initargs=args) as pool:
-        return list(tqdm(pool.imap(_featurise, jobs, chunksize=4), total=len(jobs), desc=desc, unit="network"))
+class Featuriser:
+    """:func:`_featurise` over jobs in ``n_jobs`` processes, in order; one pool for the whole run
+    (spawned, since the store's event-loop thread does not survive a fork; starting one costs
+    seconds of imports)."""
+
+    def __init__(self, store_url: str, est: RuleIdentifier, cache_dir: str | None, n_jobs: int):
+        self.args = (store_url, est.n_times, est.feature_set, cache_dir)
+        self.pool = None
+        if n_jobs > 1:
+            ctx = multiprocessing.get_context("spawn")
+            self.pool = ctx.Pool(n_jobs, initializer=_init_worker, initargs=self.args)
+        else:
+            _init_worker(*self.args)
+
+    def __call__(self, jobs: list, desc: str) -> list[list]:
+        it = self.pool.imap(_featurise, jobs, chunksize=4) if self.pool else map(_featurise, jobs)
+        return list(tqdm(it, total=len(jobs), desc=desc, unit="network"))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool.join()
 
 
 def split_shards(table, holdout: float, seed: int) -> np.ndarray:
@@ -135,6 +149,18 @@ def split_shards(table, holdout: float, seed: int) -> np.ndarray:
         pick = rng.choice(own, k, replace=False)
         held |= np.isin(shards, pick)
     return held
+
+
+def load_zoo(url: str, max_networks: int, holdout: float, seed: int):
+    """The store, its network table (at most ``max_networks``, seeded) and the held-out mask."""
+    # Not through consolidated metadata: for a 15,000-network zoo it is a JSON document of ~75 MB
+    # that every process would parse; a network's own metadata files are a few kB.
+    store = ZooStore.open(url, consolidated=False)
+    table = network_table(store)
+    if max_networks and table.sizes["sample"] > max_networks:
+        keep = np.random.default_rng(seed).choice(table.sizes["sample"], max_networks, replace=False)
+        table = table.isel(sample=np.sort(keep))
+    return store, table, split_shards(table, holdout, seed)
 
 
 def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, min_rate: float, top: int) -> list[list[str]]:
@@ -172,20 +198,16 @@ def main(argv=None) -> int:
                     help="Read the expected-accuracy grid on at most this many held-out networks (stratified by rule; 0: all).")
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Processes that featurise recordings.")
     ap.add_argument("--cache", help="Keep every recording's feature rows here (a rerun, or benchmarks/scale_curve.py, reads them).")
+    ap.add_argument("--featurise-only", action="store_true", help="Only fill --cache: featurise every recording the run reads, fit nothing.")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     t_start = time.perf_counter()
 
-    store = ZooStore.open(args.store)
-    table = network_table(store)
-    if args.max_networks and table.sizes["sample"] > args.max_networks:
-        keep = np.random.default_rng(args.seed).choice(table.sizes["sample"], args.max_networks, replace=False)
-        table = table.isel(sample=np.sort(keep))
+    store, table, held = load_zoo(args.store, args.max_networks, args.holdout, args.seed)
     ids = table["network"].values.astype(str)
     shards = table["shard"].values.astype(str)
     labels = {t: table[t].values.astype(str) for t in TARGETS}
-    held = split_shards(table, args.holdout, args.seed)
     log.info("%d networks (%d shards); %d held out", ids.size, np.unique(shards).size, held.sum())
 
     units = [int(u) for u in args.grid_units.split(",")]
@@ -193,34 +215,29 @@ def main(argv=None) -> int:
     noises = args.grid_noise.split(",")
     params = json.loads(args.params)
     est = RuleIdentifier(**params)
+    featurise = Featuriser(args.store, est, args.cache, args.jobs)
+
+    # Draws are seeded by the network's id, not its position: a grown store keeps every cached draw.
+    net_key = [zlib.crc32(n.encode()) for n in ids]
 
     def draws_of(i: int) -> list[tuple[str, list[dict], int]]:
         """The full recording plus ``--draws`` virtual experiments, drawn per network (so the
         draw does not depend on the order in which networks are featurised)."""
         out = [(ids[i], [], 0)]
-        rng = np.random.default_rng([args.seed, i])
+        rng = np.random.default_rng([args.seed, net_key[i]])
         for d in range(args.draws):
             steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
-            seed = int(args.seed * 1_000_003 + i * 101 + d)
+            seed = int((args.seed * 1_000_003 + net_key[i] * 101 + d) % 2**32)
             out.append((f"{ids[i]}@train{d}-s{seed}", steps, seed))
         return out
 
     def training_set(mask: np.ndarray):
         idx = np.flatnonzero(mask)
-        parts = featurise([(ids[i], draws_of(i)) for i in idx], args.store, est, args.cache, args.jobs, "training recordings")
+        parts = featurise([(ids[i], draws_of(i)) for i in idx], "training recordings")
         rows = np.repeat(idx, [len(p) for p in parts])
         return concat_rows([r for p in parts for r in p]), {t: labels[t][rows] for t in TARGETS}, shards[rows]
 
-    t0 = time.perf_counter()
-    rows, y, groups = training_set(~held)
-    n_samples = int(rows.coords["recording"].values.max()) + 1
-    est.fit_features(rows, y, groups)
-    del rows
-    fit_s = time.perf_counter() - t0
-    log.info("featurised and fitted on %d recordings in %.0f s", n_samples, fit_s)
-
     # Held-out evaluation: full recordings, then the grid (on a rule-stratified subset when capped).
-    t0 = time.perf_counter()
     held_idx = np.flatnonzero(held)
     grid_idx = held_idx
     if args.grid_max_networks and held_idx.size > args.grid_max_networks:
@@ -234,17 +251,35 @@ def main(argv=None) -> int:
         (noise, u, s, experiment(None if u == units[-1] else u, None if s == sessions[-1] else s, noise))
         for noise in noises for u in units for s in sessions
     ]
-    grid_pos = {int(i): k for k, i in enumerate(grid_idx)}
+    grid_pos = set(grid_idx.tolist())
 
     def held_jobs(i: int) -> tuple[str, list]:
         wanted = [(ids[i], [], 0)]
         if int(i) in grid_pos:
-            j = grid_pos[int(i)]
-            wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{7919 * j + 31 * u + s}", steps, int(7919 * j + 31 * u + s))
-                       for noise, u, s, steps in cell_steps]
+            seeds = [int((7919 * net_key[i] + 31 * u + s) % 2**32) for _, u, s, _ in cell_steps]
+            wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{seed}", steps, seed)
+                       for (noise, u, s, steps), seed in zip(cell_steps, seeds, strict=True)]
         return ids[i], wanted
 
-    held_parts = featurise([held_jobs(i) for i in held_idx], args.store, est, args.cache, args.jobs, "held-out recordings")
+    if args.featurise_only:  # fill --cache (e.g. while the estimator is still being changed), fit nothing
+        idx = np.flatnonzero(~held)
+        jobs = [(ids[i], draws_of(i)) for i in idx] + [held_jobs(i) for i in held_idx]
+        for start in range(0, len(jobs), 2000):  # in slices: the rows are not kept
+            featurise(jobs[start:start + 2000], f"recordings {start}+")
+        featurise.close()
+        print(json.dumps({"cache": args.cache, "networks": len(jobs), "total_s": round(time.perf_counter() - t_start, 1)}))
+        return 0
+
+    t0 = time.perf_counter()
+    rows, y, groups = training_set(~held)
+    n_samples = int(rows.coords["recording"].values.max()) + 1
+    est.fit_features(rows, y, groups)
+    del rows
+    fit_s = time.perf_counter() - t0
+    log.info("featurised and fitted on %d recordings in %.0f s", n_samples, fit_s)
+
+    t0 = time.perf_counter()
+    held_parts = featurise([held_jobs(i) for i in held_idx], "held-out recordings")
     details = est.predict_details_features(concat_rows([p[0] for p in held_parts]))
     truth = {t: labels[t][held_idx] for t in TARGETS}
     pred = {
@@ -298,6 +333,7 @@ def main(argv=None) -> int:
         est = RuleIdentifier(**params).fit_features(rows, y, groups)
         del rows
         log.info("refitted on all %d recordings in %.0f s", n_samples, time.perf_counter() - t0)
+    featurise.close()
 
     from training_zoo.rules import catalogue
 
