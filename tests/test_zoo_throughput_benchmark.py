@@ -32,6 +32,14 @@ def test_mix_has_every_rule_on_every_architecture_family_it_supports():
         assert s["variant"] in all_rules()[s["rule"]].variants
 
 
+def test_default_variants_mix_covers_the_same_cells_with_each_rules_default():
+    mod = _module()
+    shards = mod.mix_shards(networks=2, length_scale=0.1, default_variants=True)
+    assert {(s["rule"], s["arch"]["family"]) for s in shards} == {
+        (s["rule"], s["arch"]["family"]) for s in mod.mix_shards(networks=2, length_scale=0.1)}
+    assert {s["variant"] for s in shards} == {"default"}
+
+
 @pytest.mark.slow
 def test_benchmark_prints_one_json_object_with_the_time_breakdown():
     out = subprocess.run(
@@ -44,3 +52,5 @@ def test_benchmark_prints_one_json_object_with_the_time_breakdown():
     parts = report["where_the_time_goes_s"]
     assert set(parts) == {"train_steps", "evaluation", "recording", "store", "other"}
     assert sum(parts.values()) == pytest.approx(report["seconds"], rel=0.05, abs=0.05)
+    assert set(report["where_the_cpu_goes_s"]) == set(parts)
+    assert report["where_the_cpu_goes_s"]["train_steps"] > 0
