@@ -46,6 +46,7 @@ class StageReport:
     name: str
     budget_s: float
     seconds: float = 0.0
+    cpu_s: float = 0.0  # the driver's CPU in the stage plus what its workers reported (``worker_cpu_s``)
     status: str = "pending"  # done | partial (some shards failed for good) | failed | skipped | not run
     detail: dict[str, Any] = field(default_factory=dict)
 
@@ -54,7 +55,8 @@ class StageReport:
         return self.seconds > self.budget_s
 
     def as_dict(self) -> dict:
-        return {"seconds": round(self.seconds, 3), "budget_s": self.budget_s, "status": self.status,
+        return {"seconds": round(self.seconds, 3), "cpu_s": round(self.cpu_s, 3), "budget_s": self.budget_s,
+                "status": self.status,
                 "over_budget": self.over_budget, **self.detail}
 
 
@@ -170,6 +172,7 @@ class Pipeline:
             "networks_trained": sum(r["networks"] for r in results),
             "diverged": sum(r["diverged"] for r in results), "device": device,
             "task_seconds": round(sum(r["seconds"] for r in results), 3),
+            "worker_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in results), 3),
         }
         rep.status = "done" if not failed else "partial"  # the rest finished; failures by id in `failed`
 
@@ -213,17 +216,19 @@ class Pipeline:
             "shards_failed": sorted(failed), "samples": sum(r["samples"] for r in results),
             "recordings": sum(r["recordings"] for r in results),
             "task_seconds": round(sum(r["seconds"] for r in results), 3),
+            "worker_cpu_s": round(sum(r.get("cpu_s", 0.0) for r in results), 3),
         }
         rep.status = "done" if not failed else "partial"  # the rest finished; failures by id in `failed`
 
     # ------------------------------------------------------------------- run
     def _timed(self, name: str, fn) -> None:
         rep = self.stages[name]
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _process_cpu()
         try:
             fn()
         finally:
             rep.seconds = time.perf_counter() - t0
+            rep.cpu_s = _process_cpu() - c0 + float(rep.detail.get("worker_cpu_s", 0.0))
             if rep.status == "pending":
                 rep.status = "failed"
             if rep.over_budget:
@@ -303,6 +308,14 @@ class Pipeline:
         }
 
 
+def _process_cpu() -> float:
+    """CPU seconds of this process so far (all its threads, user + system)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def interleave_rules(shards: list) -> list:
     """The shards round-robin over rules (each rule's own order kept): a run stopped early, or
     a store grown over several ``--resume`` runs, holds every rule in like measure."""
@@ -338,10 +351,11 @@ def format_summary(summary: dict) -> str:
     """The per-stage timing table printed at the end of a run."""
     lines = [f"pipeline {summary['config']}: model {summary['model']}, {summary['networks']} networks, "
              f"{summary['wall_s']:.1f} s (Ray start {summary['ray_start_s']:.1f} s)"]
-    lines.append(f"{'stage':<10} {'status':<8} {'seconds':>9} {'budget':>9}")
+    lines.append(f"{'stage':<10} {'status':<8} {'seconds':>9} {'CPU s':>9} {'budget':>9}")
     for name, st in summary["stages"].items():
         flag = "  OVER BUDGET" if st["over_budget"] and st["status"] != "skipped" else ""
-        lines.append(f"{name:<10} {st['status']:<8} {st['seconds']:>9.1f} {st['budget_s']:>9.0f}{flag}")
+        lines.append(f"{name:<10} {st['status']:<8} {st['seconds']:>9.1f} {st.get('cpu_s', 0.0):>9.1f} "
+                     f"{st['budget_s']:>9.0f}{flag}")
     if summary["failed"]:
         lines.append("failed for good: " + ", ".join(sorted(summary["failed"])))
     return "\n".join(lines)

@@ -64,7 +64,7 @@ def train_shard(
     threads: int = 1,
 ) -> dict:
     """Train ``shard`` (a :class:`training_zoo.spec.Shard` as a dict) and write it to the store."""
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     import torch  # noqa: F401  (loaded before pin_threads, which sets its thread count)
 
     pin_threads(threads)
@@ -79,6 +79,7 @@ def train_shard(
         "networks": len(records),
         "diverged": int(sum(bool(r.diverged) for r in records)),
         "seconds": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
         "device": device,
         **_where(),
     }
@@ -103,7 +104,7 @@ def shard_features(
     fit stage reads exactly what the estimator would have computed. Each row carries its
     recording's labels (rule, family, optimizer, variant, task, shard, learned, ...).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     pin_threads(threads)
     import numpy as np
 
@@ -144,6 +145,7 @@ def shard_features(
         "samples": int(rows.sizes["sample"]),
         "recordings": len(recs),
         "seconds": time.perf_counter() - t0,
+        "cpu_s": time.process_time() - c0,
         **_where(),
     }
 

@@ -20,7 +20,8 @@ returns the metrics. Splits (names in ``SPLITS``):
 * ``grid``: virtual experiments units per area x sessions x noise on the ``lofo_arch`` test
   networks (at most ``grid_networks`` of them, spread evenly over rules), each fold's model
   fitted on its training networks' plain recordings plus ``augment`` virtual draws per
-  network (random units, sessions and noise: so the model has seen degraded recordings).
+  network (random units, sessions and noise: so the model has seen degraded recordings); given
+  ``train_rows`` (the pipeline's stored rows), the ``lofo_arch`` fold models themselves.
 * ``performance_matched``: on the ``lofo_arch`` out-of-fold predictions, each learned test
   network (anchor) is joined by, for every other rule, the learned test network of the same
   fold whose test-accuracy trajectory (on relative time, 11 points) is nearest in L2; the
@@ -55,7 +56,7 @@ from tqdm.auto import tqdm
 from rulefinder.classify.cache import network_rows
 from rulefinder.classify.dataset import network_table
 from rulefinder.classify.estimator import TARGETS, RuleIdentifier
-from rulefinder.classify.features import area_feature_rows
+from rulefinder.classify.features import area_feature_names, area_feature_rows
 from rulefinder.features import canonical_grid
 from rulefinder.features.resample import resample
 from rulefinder.recording.model import make_recording
@@ -160,9 +161,10 @@ def _labels(table: xr.Dataset, idx: np.ndarray) -> dict[str, np.ndarray]:
     return {t: table[t].values[idx].astype(str) for t in TARGETS}
 
 
-def _fit(rows, table, idx, params, extra=None) -> RuleIdentifier:
-    """Fit on networks ``idx`` (plus ``extra``: rows and network positions of augmented
-    recordings, which share their network's shard so calibration folds stay grouped)."""
+def _training_set(rows, table, idx, extra=None):
+    """Rows, labels and groups to fit on networks ``idx`` (plus ``extra``: rows and network
+    positions of more recordings of those networks, which share their network's shard so
+    calibration folds stay grouped)."""
     sub = _subset_rows(rows, idx)
     labels, groups = _labels(table, idx), table["shard"].values[idx]
     if extra is not None:
@@ -174,7 +176,48 @@ def _fit(rows, table, idx, params, extra=None) -> RuleIdentifier:
             sub = xr.concat([sub, aug], dim="sample")
             labels = {t: np.concatenate([labels[t], table[t].values[x_net[xi]].astype(str)]) for t in TARGETS}
             groups = np.concatenate([groups, table["shard"].values[x_net[xi]]])
-    return RuleIdentifier(**params).fit_features(sub, labels, groups)
+    return sub, labels, groups
+
+
+def _fit(rows, table, idx, params, extra=None) -> RuleIdentifier:
+    """Fit on networks ``idx`` (plus ``extra``, see :func:`_training_set`)."""
+    return RuleIdentifier(**params).fit_features(*_training_set(rows, table, idx, extra))
+
+
+def _fit_job(sub, labels, groups, params) -> tuple[RuleIdentifier, float]:
+    """One fold's fit, and the CPU seconds it took (in whichever process ran it)."""
+    t0 = time.process_time()
+    model = RuleIdentifier(**params).fit_features(sub, labels, groups)
+    return model, time.process_time() - t0
+
+
+def fit_many(rows, table, jobs: Sequence[tuple], n_jobs: int = 1, progress: bool = False) -> tuple[list, float]:
+    """The fold models of ``jobs`` (``(network positions, params, extra)`` each), in that
+    order, and their summed CPU seconds. With ``n_jobs > 1`` the fits run in that many worker
+    processes (joblib's loky), one BLAS/OpenMP thread each so they do not oversubscribe the
+    cores; the largest fits start first so the last worker is not left with a big one."""
+    if n_jobs <= 1 or len(jobs) <= 1:
+        done = [_fit_job(*_training_set(rows, table, idx, extra), params)
+                for idx, params, extra in tqdm(jobs, desc="fits", disable=not progress, leave=False)]
+    else:
+        from joblib import Parallel, delayed, parallel_config
+
+        order = sorted(range(len(jobs)), key=lambda j: -len(jobs[j][0]))
+        calls = (delayed(_fit_job)(*_training_set(rows, table, jobs[j][0], jobs[j][2]), jobs[j][1]) for j in order)
+        with parallel_config(backend="loky", inner_max_num_threads=1):
+            results = Parallel(n_jobs=min(n_jobs, len(jobs)), pre_dispatch="n_jobs")(calls)
+        done = [None] * len(jobs)
+        for j, r in zip(order, results, strict=True):
+            done[j] = r
+    return [m for m, _ in done], float(sum(c for _, c in done))
+
+
+def uncalibrated(params: dict) -> dict:
+    """``params`` without the estimator's out-of-fold calibration pass. That pass sets the
+    temperatures, conformal references and verdict thresholds and never the classifiers
+    themselves, and a temperature does not move the argmax: a split that reports only
+    balanced accuracies gets the same predictions at about a third of the fit."""
+    return {**params, "calibration_folds": 0}
 
 
 def _predict_into(oof: _OOF, model: RuleIdentifier, rows, idx, fold: int) -> None:
@@ -193,23 +236,37 @@ def _predict_into(oof: _OOF, model: RuleIdentifier, rows, idx, fold: int) -> Non
     oof.fold[idx] = fold
 
 
-def run_split(rows, table, fold_of: np.ndarray, params: dict, classes, train_mask=None, progress=False, extra=None) -> _OOF:
-    """Out-of-fold predictions for folds given by ``fold_of`` (one label per network;
-    ``""`` = never tested). ``train_mask`` limits which networks may be trained on."""
+def split_folds(table: xr.Dataset, fold_of: np.ndarray, train_mask=None) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """``(k, test positions, train positions)`` of each fold of ``fold_of`` (one label per
+    network, ``""`` = never tested) that has a test network and at least two training rules."""
     n = table.sizes["sample"]
-    oof = _OOF(n, classes)
     train_ok = np.ones(n, bool) if train_mask is None else train_mask
-    folds = [f for f in np.unique(fold_of) if f != ""]
-    for k, f in enumerate(tqdm(folds, desc="folds", disable=not progress, leave=False)):
+    out = []
+    for k, f in enumerate(f for f in np.unique(fold_of) if f != ""):
         test = np.flatnonzero(fold_of == f)
         train = np.flatnonzero((fold_of != f) & train_ok)
         if len(np.unique(table["rule"].values[train])) < 2 or len(test) == 0:
             continue
-        model = _fit(rows, table, train, params, extra)
+        out.append((k, test, train))
+    return out
+
+
+def assemble_split(rows, table, classes, folds, models) -> _OOF:
+    """Out-of-fold predictions of ``folds`` (from :func:`split_folds`) by their fitted models."""
+    oof = _OOF(table.sizes["sample"], classes)
+    for (k, test, _), model in zip(folds, models, strict=True):
         _predict_into(oof, model, rows, test, k)
         oof.eligible[test] = np.isin(table["rule"].values[test], model.classes_["rule"])
         oof.models.append((test, model))
     return oof
+
+
+def run_split(rows, table, fold_of: np.ndarray, params: dict, classes, train_mask=None, progress=False, extra=None) -> _OOF:
+    """Out-of-fold predictions for folds given by ``fold_of`` (one label per network;
+    ``""`` = never tested). ``train_mask`` limits which networks may be trained on."""
+    folds = split_folds(table, fold_of, train_mask)
+    models, _ = fit_many(rows, table, [(train, params, extra) for _, _, train in folds], progress=progress)
+    return assemble_split(rows, table, classes, folds, models)
 
 
 def split_metrics(oof: _OOF, table: xr.Dataset, name: str) -> dict:
@@ -464,11 +521,28 @@ def evaluate(
     grid: tuple[Sequence, Sequence, Sequence] = (GRID_UNITS, GRID_SESSIONS, GRID_NOISE),
     seed: int = 0,
     progress: bool = True,
+    train_rows: xr.DataArray | None = None,
+    n_jobs: int = 1,
 ) -> dict:
     """Run the ``splits`` on ``store`` (a ZooStore or its URL) and write the report into
     ``out_dir``; returns the metrics dict (also ``metrics.json``). ``grid`` is (units per area,
-    sessions, noise levels) of the virtual-experiment grid."""
+    sessions, noise levels) of the virtual-experiment grid; it is scored on at most
+    ``grid_networks`` held-out networks, one draw per network and cell.
+
+    ``train_rows``: feature rows as the pipeline's features stage stores them
+    (:func:`rulefinder.store.features.read_features`: one sample per area, coordinates
+    ``network`` and ``virtual``). Given them, every fold model is fitted the way the model
+    being evaluated was: on its training networks' stored rows (each network as recorded plus
+    its stored virtual draws), and tested on the held-out networks as recorded; the grid is
+    scored by the ``lofo_arch`` fold models themselves (``augment`` is not used). Networks
+    without stored rows as recorded are tested (their rows computed) but never trained on.
+
+    ``n_jobs``: fold fits run in that many worker processes. Splits that report balanced
+    accuracies only fit without the estimator's calibration pass (:func:`uncalibrated`).
+    ``metrics["timing"]`` says where the seconds went.
+    """
     t0 = time.time()
+    timing: dict = {}
     if isinstance(store, (str, Path)):
         from rulefinder.store import ZooStore
 
@@ -487,7 +561,11 @@ def evaluate(
     if n == 0:
         raise ValueError(f"{store.url}: no complete networks to evaluate")
     ids = table["network"].values.tolist()
-    rows = network_rows(store, ids, est.n_times, est.feature_set, cache_dir, progress)
+    trainable, fold_extra = None, None
+    if train_rows is not None:
+        rows, trainable, fold_extra = _stored_rows(store, ids, train_rows, est, cache_dir, progress)
+    else:
+        rows = network_rows(store, ids, est.n_times, est.feature_set, cache_dir, progress)
     classes = {t: np.unique(table[t].values.astype(str)) for t in TARGETS}
     learned = np.asarray(table["learned"].values, bool)
     metrics: dict = {
@@ -499,15 +577,46 @@ def evaluate(
         "networks_per_rule": {str(r): int((table["rule"].values == r).sum()) for r in classes["rule"]},
         "estimator": est.get_params(),
     }
+    if train_rows is not None:
+        metrics["fold_training"] = "stored rows (as recorded + stored virtual draws)"
     figs: dict = {}
 
-    extra = None
-    if augment and ("grid" in splits):
-        extra = _augmented_rows(store, table, ids, est, augment, rng, progress)
+    aug_extra = None
+    if augment and "grid" in splits and train_rows is None:
+        aug_extra = _augmented_rows(store, table, ids, est, augment, rng, progress)
+    timing["rows_s"] = round(time.time() - t0, 1)
 
-    arch = None
+    # Every fold of every split, fitted together (in n_jobs processes), then scored.
+    arch_labels = table["arch_family"].values.astype(object)
+    calibrated, plain = params, uncalibrated(params)
+    plans: dict[str, tuple[list, dict, tuple | None]] = {}
     if any(s in splits for s in ("lofo_arch", "performance_matched", "controls", "grid")):
-        arch = run_split(rows, table, table["arch_family"].values.astype(object), params, classes, progress=progress)
+        plans["lofo_arch"] = (split_folds(table, arch_labels, trainable), calibrated, fold_extra)
+    if "lofo_task" in splits:
+        plans["lofo_task"] = (split_folds(table, table["task"].values.astype(object), trainable), plain, fold_extra)
+    variants = np.unique(table["variant"].values)
+    if "lovo_variant" in splits and variants.size > 1:
+        plans["lovo_variant"] = (split_folds(table, variant_folds(table), trainable), plain, fold_extra)
+    if "loro" in splits:
+        for hp in LORO_HYPERPARAMETERS:
+            bins = shard_bins(table, hp)
+            if (bins != "").any():
+                plans[f"loro_{hp}"] = (split_folds(table, bins, trainable), plain, fold_extra)
+    if "grid" in splits and aug_extra is not None:
+        plans["lofo_arch_augmented"] = (split_folds(table, arch_labels, trainable), plain, aug_extra)
+    open_folds = open_set_folds(table, trainable) if "lofo_family" in splits else []
+    jobs = [(train, p, x) for folds, p, x in plans.values() for _, _, train in folds]
+    jobs += [(train, calibrated, fold_extra) for _, train, _, _ in open_folds]
+    t1 = time.time()
+    models, fit_cpu = fit_many(rows, table, jobs, n_jobs, progress)
+    timing.update(fits=len(jobs), fit_cpu_s=round(fit_cpu, 1), fits_s=round(time.time() - t1, 1), n_jobs=int(n_jobs))
+    it = iter(models)
+    oofs = {name: assemble_split(rows, table, classes, folds, [next(it) for _ in folds])
+            for name, (folds, _, _) in plans.items()}
+    open_models = [next(it) for _ in open_folds]
+
+    arch = oofs.get("lofo_arch")
+    if arch is not None:
         metrics.update(split_metrics(arch, table, "lofo_arch"))
         m = arch.seen & arch.eligible & learned
         y = table["rule"].values[m].astype(str)
@@ -528,28 +637,22 @@ def evaluate(
                 str(c): float(cm[i, i] / cm[i].sum()) if cm[i].sum() else None for i, c in enumerate(classes["rule"])
             }
 
-    if "lofo_task" in splits:
-        oof = run_split(rows, table, table["task"].values.astype(object), params, classes, progress=progress)
-        metrics.update(split_metrics(oof, table, "lofo_task"))
+    if "lofo_task" in oofs:
+        metrics.update(split_metrics(oofs["lofo_task"], table, "lofo_task"))
 
     if "lovo_variant" in splits:
-        variants = np.unique(table["variant"].values)
-        if variants.size > 1:
-            oof = run_split(rows, table, variant_folds(table), params, classes, progress=progress)
-            metrics.update(split_metrics(oof, table, "lovo_variant"))
+        if "lovo_variant" in oofs:
+            metrics.update(split_metrics(oofs["lovo_variant"], table, "lovo_variant"))
         else:
             metrics["rule_bacc_lovo_variant"] = None
             metrics["lovo_variant_note"] = f"store has one variant ({variants.tolist()}): split not defined"
 
-    if "loro" in splits:
-        for hp in LORO_HYPERPARAMETERS:
-            bins = shard_bins(table, hp)
-            if (bins != "").any():
-                oof = run_split(rows, table, bins, params, classes, progress=progress)
-                metrics[f"rule_bacc_loro_{hp}"] = split_metrics(oof, table, f"loro_{hp}")[f"rule_bacc_loro_{hp}"]
+    for hp in LORO_HYPERPARAMETERS:
+        if f"loro_{hp}" in oofs:
+            metrics[f"rule_bacc_loro_{hp}"] = split_metrics(oofs[f"loro_{hp}"], table, f"loro_{hp}")[f"rule_bacc_loro_{hp}"]
 
     if "lofo_family" in splits:
-        metrics.update(_open_set(rows, table, params, classes, figs, progress))
+        metrics.update(open_set_metrics(rows, table, open_folds, open_models, figs))
 
     if "performance_matched" in splits and arch is not None:
         traj = accuracy_trajectories(store, table)
@@ -567,26 +670,76 @@ def evaluate(
         )
 
     if "controls" in splits and arch is not None:
+        t1 = time.time()
         metrics.update(_controls(store, table, arch, control_networks, rng))
+        timing["controls_s"] = round(time.time() - t1, 1)
 
     if "grid" in splits:
-        grid_oof = arch if extra is None else run_split(
-            rows, table, table["arch_family"].values.astype(object), params, classes, progress=progress, extra=extra
-        )
-        if extra is not None:
+        t1 = time.time()
+        grid_oof = oofs.get("lofo_arch_augmented", arch)
+        if "lofo_arch_augmented" in oofs:
             metrics["rule_bacc_lofo_arch_augmented"] = split_metrics(grid_oof, table, "lofo_arch")["rule_bacc_lofo_arch"]
         cells = expected_accuracy_grid(store, table, grid_oof, grid_networks, rng, grid, progress)
         metrics["grid"] = cells
         figs["grid"] = cells
         cell = next((c for c in cells if c["units"] == 100 and c["sessions"] == 5 and c["noise"] == "moderate"), None)
         metrics["rule_bacc_u100_s5_moderate"] = cell["rule_accuracy"] if cell else None
+        timing["grid_s"] = round(time.time() - t1, 1)
 
     metrics["seconds"] = round(time.time() - t0, 1)
+    metrics["timing"] = timing
     metrics = _round(metrics)
     images = _figures(out, figs, grid)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (out / "report.html").write_text(_html(metrics, images))
     return metrics
+
+
+#: The coordinates a row set carries through evaluation (what :func:`network_rows` gives).
+_ROW_COORDS = ("area", "depth", "depth_known", "units")
+
+
+def _bare_rows(rows: xr.DataArray, recording: np.ndarray) -> xr.DataArray:
+    coords = {"feature": rows.coords["feature"].values, "recording": ("sample", np.asarray(recording, dtype=int))}
+    coords.update({c: ("sample", rows.coords[c].values) for c in _ROW_COORDS})
+    return xr.DataArray(rows.values, dims=("sample", "feature"), coords=coords)
+
+
+def _stored_rows(store, ids: list, train_rows: xr.DataArray, est: RuleIdentifier, cache_dir, progress):
+    """From the stored feature rows: the rows as recorded of every network in ``ids``
+    (``recording`` = position in ``ids``; computed for networks the rows lack), which networks
+    may be trained on (those with stored rows as recorded), and the stored virtual draws as
+    ``(rows, network position of each)``."""
+    expected = area_feature_names(est.n_times, est.feature_set)
+    found = [str(f) for f in train_rows.coords["feature"].values]
+    if found != list(expected):
+        raise ValueError(
+            f"train_rows: {len(found)} features that are not those of feature_set {est.feature_set!r} "
+            f"with n_times {est.n_times} ({len(expected)} features): rows made with other estimator parameters"
+        )
+    for c in ("network", "virtual", "recording", *_ROW_COORDS):
+        if c not in train_rows.coords:
+            raise ValueError(f"train_rows: coordinate {c!r} missing: expected the features stage's rows (read_features)")
+    where = {nid: i for i, nid in enumerate(ids)}
+    pos = np.array([where.get(str(v), -1) for v in train_rows.coords["network"].values], dtype=int)
+    virtual = np.asarray(train_rows.coords["virtual"].values).astype(str) != ""
+    rec = np.asarray(train_rows.coords["recording"].values, dtype=int)
+
+    as_recorded = np.flatnonzero(~virtual & (pos >= 0))
+    parts = [_bare_rows(train_rows.isel(sample=as_recorded), pos[as_recorded])]
+    trainable = np.zeros(len(ids), bool)
+    trainable[pos[as_recorded]] = True
+    missing = np.flatnonzero(~trainable)
+    if missing.size:
+        computed = network_rows(store, [ids[i] for i in missing], est.n_times, est.feature_set, cache_dir, progress)
+        parts.append(_bare_rows(computed, missing[computed.coords["recording"].values]))
+    rows = xr.concat(parts, dim="sample") if len(parts) > 1 else parts[0]
+    rows = rows.isel(sample=np.argsort(rows.coords["recording"].values, kind="stable"))
+
+    draws = np.flatnonzero(virtual & (pos >= 0))
+    _, first, local = np.unique(rec[draws], return_index=True, return_inverse=True)
+    extra = (_bare_rows(train_rows.isel(sample=draws), local), pos[draws][first])
+    return rows, trainable, extra
 
 
 def _nayebi(table, oof: _OOF, m: np.ndarray, classes) -> float | None:
@@ -623,21 +776,33 @@ def _confusable_pairs(classes: np.ndarray, cm: np.ndarray, min_rate: float = 0.2
     return sorted(pairs, key=lambda p: -p["rate"])
 
 
-def _open_set(rows, table, params, classes, figs, progress) -> dict:
+def open_set_folds(table: xr.Dataset, train_mask=None) -> list[tuple[str, np.ndarray, np.ndarray, np.ndarray]]:
+    """``(family, train, positives, negatives)`` per held-out family F: the model is fitted on
+    half of the other families' shards (``GroupKFold(2)`` by shard; of those, the networks
+    ``train_mask`` allows), F's networks are the positives, the other half the negatives."""
     fam = table["family"].values.astype(str)
     shards = table["shard"].values
-    aucs: dict[str, float] = {}
-    roc: dict = {}
-    for f in tqdm(np.unique(fam), desc="open set", disable=not progress, leave=False):
+    out = []
+    for f in np.unique(fam):
         others = np.flatnonzero(fam != f)
         if len(np.unique(table["rule"].values[others])) < 2 or len(np.unique(shards[others])) < 2:
             continue
         tr_pos, te_pos = next(GroupKFold(2).split(others, groups=shards[others]))
         train, neg = others[tr_pos], others[te_pos]
-        pos = np.flatnonzero(fam == f)
-        model = _fit(rows, table, train, params)
-        test = np.concatenate([pos, neg])
-        sub = _subset_rows(rows, test)
+        if train_mask is not None:
+            train = train[train_mask[train]]
+        if len(np.unique(table["rule"].values[train])) < 2:
+            continue
+        out.append((f, train, np.flatnonzero(fam == f), neg))
+    return out
+
+
+def open_set_metrics(rows, table, folds, models, figs) -> dict:
+    """The unknown score's AUROC per held-out family (:func:`open_set_folds`)."""
+    aucs: dict[str, float] = {}
+    roc: dict = {}
+    for (f, _, pos, neg), model in zip(folds, models, strict=True):
+        sub = _subset_rows(rows, np.concatenate([pos, neg]))
         score = model.unknown_scores_features(sub)
         y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
         if len(np.unique(y)) == 2:
