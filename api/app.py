@@ -18,6 +18,7 @@ from api.auth import ApiError, Authenticator, RateLimiter
 from api.jobs import JobRunner
 from api.schemas import Health
 from api.storage import Storage
+from api.workers import ProcessPool, worker_env
 from rulefinder.classify.registry import ModelRegistry
 from rulefinder.settings import Settings, effective_auth
 
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.storage = storage
         app.state.registry = ModelRegistry(data_dir=settings.data_dir / "models")
         app.state.auth = Authenticator(storage, auth_mode, RateLimiter(settings.rate_limit_per_minute))
-        app.state.jobs = JobRunner(storage, settings.workers, app.state.registry)
+        processes = ProcessPool(settings.workers, worker_env(settings)) if settings.worker_pool == "processes" else None
+        app.state.jobs = JobRunner(storage, settings.workers, app.state.registry, processes=processes)
         await asyncio.to_thread(expire_old, storage, settings.retention_days)
         app.state.jobs.resume()
         sweeper = asyncio.create_task(_sweep(storage, settings.retention_days))

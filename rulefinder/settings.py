@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _cores() -> int:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, 64))
 
 
 class Settings(BaseSettings):
@@ -32,7 +38,18 @@ class Settings(BaseSettings):
     retention_days: float = Field(
         default=30.0, ge=0, description="Uploads older than this are deleted with their predictions; 0 keeps them forever."
     )
-    workers: int = Field(default=2, ge=1, le=64, description="Prediction worker threads of the server.")
+    workers: int = Field(
+        default_factory=_cores,
+        ge=1,
+        le=64,
+        description="Prediction workers of the server (default: the CPU cores this process may use, at most 64).",
+    )
+    worker_pool: Literal["processes", "threads"] = Field(
+        default="processes",
+        description="'processes': predictions run in worker processes, each loading the model once "
+        "(uses all cores; each holds its own model in memory); 'threads': in threads of the server "
+        "process (one GIL shared with uploads and the event loop).",
+    )
     max_upload_bytes: int = Field(
         default=2 * 1024**3, description="Largest accepted upload, compressed, in bytes."
     )

@@ -16,6 +16,9 @@ from tests.api_fixtures import data_dir_with_model, npz_bytes, synthetic_recordi
 
 
 def _settings(tmp_path, **kw) -> Settings:
+    # A worker process costs seconds of CPU to start (imports, the model): the tests about the
+    # process pool (here the restart, the rest in test_api_workers.py) ask for one.
+    kw.setdefault("worker_pool", "threads")
     return Settings(data_dir=data_dir_with_model(tmp_path), **kw)
 
 
@@ -152,11 +155,11 @@ def test_auth_off_only_on_loopback():
 
 
 def test_jobs_survive_restart(tmp_path):
-    settings = _settings(tmp_path)
+    settings = _settings(tmp_path, worker_pool="processes", workers=1)
     with TestClient(create_app(settings)) as c:
         rid = _upload(c).json()["id"]
         done = c.post("/v1/predictions", json={"recording_ids": [rid]}).json()["id"]
-        finished = _wait(c, done)
+        finished = _wait(c, done, timeout=600)  # a worker process starts first
     # A server that stopped with one job queued and one running (state written as it would be).
     store = Storage(settings.data_dir)
     queued = store.add_job("local", [rid], "default").id
@@ -164,7 +167,7 @@ def test_jobs_survive_restart(tmp_path):
     assert store.start_job(running)
     with TestClient(create_app(settings)) as c:
         for pid in (queued, running):
-            job = _wait(c, pid)
+            job = _wait(c, pid, timeout=600)
             assert job["status"] == "succeeded", job
         assert c.get(f"/v1/predictions/{done}").json() == finished  # finished results stay
     assert store.get_job(running).attempts == 2
@@ -207,41 +210,58 @@ def test_keys_cli(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_serving_never_imports_torch_or_training_zoo(tmp_path):
+    import os
     import subprocess
     import sys
     import textwrap
     from pathlib import Path
 
     data_dir_with_model(tmp_path)
-    script = textwrap.dedent(
+    # sitecustomize runs in every Python process started with this PYTHONPATH: the server and
+    # its prediction worker processes. Each leaves its pid, so the test sees that both had the block.
+    hooks = tmp_path / "hooks"
+    hooks.mkdir()
+    (hooks / "sitecustomize.py").write_text(textwrap.dedent(
         """
-        import sys, time
+        import os, sys
         class Block:
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in ("torch", "training_zoo", "ray", "pipelines"):
                     raise ImportError(f"{name} is blocked: serving must not import it")
         sys.meta_path.insert(0, Block())
+        open(os.path.join(os.environ["BLOCKED_PIDS"], str(os.getpid())), "w").close()
+        """
+    ))
+    script = textwrap.dedent(
+        """
+        import sys, time
         from pathlib import Path
         from fastapi.testclient import TestClient
         from api.app import create_app
         from rulefinder.settings import Settings
-        with TestClient(create_app(Settings(data_dir=Path(sys.argv[1])))) as c:
+        with TestClient(create_app(Settings(data_dir=Path(sys.argv[1]), workers=1))) as c:
             assert c.get("/v1/rules").status_code == 200
             with open("examples/mlp_backprop.npz", "rb") as f:
                 rid = c.post("/v1/recordings", files=[("files", ("a.npz", f.read(), "x"))]).json()["id"]
             pid = c.post("/v1/predictions", json={"recording_ids": [rid]}).json()["id"]
-            for _ in range(10):
+            for _ in range(20):
                 job = c.get(f"/v1/predictions/{pid}", params={"wait": 30}).json()
                 if job["status"] in ("succeeded", "failed"):
                     break
             assert job["status"] == "succeeded", job
+            workers = c.app.state.jobs.processes.pids()
         assert "torch" not in sys.modules and "training_zoo" not in sys.modules
-        print("ok")
+        print("ok", *workers)
         """
     )
     repo = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-3000:]
+    pids = tmp_path / "pids"
+    pids.mkdir()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(hooks), str(repo)]), BLOCKED_PIDS=str(pids))
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.split()[0] == "ok", out.stderr[-3000:]
+    workers = out.stdout.split()[1:]
+    assert workers and set(workers) <= {p.name for p in pids.iterdir()}  # the worker ran with the block
 
 
 def test_storage_reads_never_wait_for_a_writer_and_threaded_writers_all_land(tmp_path):

@@ -28,7 +28,8 @@ RESP = GOOD.transpose("session", "stimulus", "unit").values
 @pytest.fixture(scope="module")
 def service(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("svc")
-    with TestClient(create_app(Settings(data_dir=data_dir, max_upload_bytes=2_000_000, max_unpacked_bytes=8_000_000, rate_limit_per_minute=1e6))) as c:
+    settings = Settings(data_dir=data_dir, max_upload_bytes=2_000_000, max_unpacked_bytes=8_000_000, rate_limit_per_minute=1e6, worker_pool="threads")
+    with TestClient(create_app(settings)) as c:
         yield c, data_dir
 
 
