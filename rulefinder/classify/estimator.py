@@ -22,9 +22,19 @@ Model (used by ``rulefinder.classify.predict``, the pipeline and the service; re
 
    * ``unknown_score = 1 - min(1, 2 min(p_dist, p_conf))``, two conformal p-values of the
      recording against the out-of-fold in-distribution recordings: ``p_dist`` of its
-     distance to the nearest training rows in standardised feature space, ``p_conf`` of
-     ``1 - max_y p(rule)``. In-distribution recordings get ``unknown_score >= 0.95``
-     about 5 % of the time (at most ~10 %) by construction.
+     distance to the training rows, ``p_conf`` of ``1 - max_y p(rule)``. In-distribution
+     recordings get ``unknown_score >= 0.95`` about 5 % of the time (at most ~10 %) by
+     construction. The distance: a row ``x`` is standardised, ``z = clip((x - mu) / sigma,
+     -50, 50)`` (training mean and deviation), and compared with the reference rows ``z_j``
+     (at most ``reference_size`` training rows, drawn stratified by rule) reconstructed from
+     their first ``n_components`` principal axes ``V`` (orthonormal rows) about their centre
+     ``c``, ``r_j = c + V^T V (z_j - c)``: ``d(x) = log1p(mean_j ||z - r_j||)`` over its
+     ``n_neighbors`` nearest, computed as ``||z - r_j||^2 = ||V (z - z_j)||^2 + ||(I - V^T V)
+     (z - c)||^2`` (the distance within the principal subspace plus the row's residual off
+     it, which flags a row unlike the training rows in directions they never vary in). A
+     recording's distance is the mean of its rows'. The out-of-fold distances are measured
+     the same way against each fold's own reference, so ``p_dist`` stays calibrated whatever
+     the cap.
    * ``verdict`` is ``unknown`` when ``unknown_score >= unknown_threshold_``; else
      ``identified`` when the top rule probability reaches ``identified_threshold_``, the
      smallest value at which the out-of-fold top-rule accuracy of the recordings above it
@@ -57,6 +67,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GroupKFold
 from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.utils.extmath import randomized_svd
 
 from rulefinder.classify.features import area_feature_rows
 
@@ -155,24 +166,54 @@ def _predict_proba(model, X: np.ndarray) -> np.ndarray:
 
 #: Query rows per block of the nearest-neighbour search (bounds its distance matrix).
 _KNN_BLOCK = 1024
+#: Rows standardised and projected at a time for the open-set distances (bounds the copies).
+_PROJECT_BLOCK = 4096
 
 
-def _knn_mean_distance(z: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, n_neighbors: int, skip_self: bool) -> np.ndarray:
+def _knn_mean_distance(
+    z: np.ndarray, ref: np.ndarray, ref_sq: np.ndarray, n_neighbors: int, skip_self, extra_sq: np.ndarray | None = None
+) -> np.ndarray:
     """Mean Euclidean distance of each row of ``z`` to its nearest rows of ``ref`` (squared
     norms ``ref_sq``), from one matrix product per block: ``min(n_neighbors + 1, len(ref))``
-    nearest are found, then the first dropped (``skip_self``: ``z`` is ``ref`` and the first
-    is the row itself) or the last (when more than one)."""
+    nearest are found, then the first dropped (``skip_self``, a bool or one per row of ``z``:
+    the row is itself in ``ref``, so its nearest is itself) or the last (when more than one).
+    ``extra_sq`` (one per row of ``z``) is added to every squared distance of that row (a
+    component orthogonal to all of ``ref``: it does not change which rows are nearest)."""
     k = min(n_neighbors + 1, ref.shape[0])
+    skip = np.broadcast_to(np.asarray(skip_self, dtype=bool), (z.shape[0],))
     out = np.empty(z.shape[0])
     for i0 in range(0, z.shape[0], _KNN_BLOCK):
         q = z[i0 : i0 + _KNN_BLOCK]
         d2 = (q * q).sum(axis=1)[:, None] - 2.0 * (q @ ref.T) + ref_sq[None, :]
         np.maximum(d2, 0.0, out=d2)
         near = np.sort(np.partition(d2, k - 1, axis=1)[:, :k] if k < d2.shape[1] else d2, axis=1)
+        if extra_sq is not None:
+            near += extra_sq[i0 : i0 + _KNN_BLOCK, None]
         dist = np.sqrt(near)
-        dist = dist[:, 1:] if skip_self else dist[:, :-1] if k > 1 else dist
+        if k > 1:
+            dist = np.where(skip[i0 : i0 + _KNN_BLOCK, None], dist[:, 1:], dist[:, :-1])
         out[i0 : i0 + _KNN_BLOCK] = dist.mean(axis=1)
     return out
+
+
+def _stratified_rows(labels: np.ndarray, size: int | None, seed: int) -> np.ndarray:
+    """Sorted indices of at most ``size`` rows drawn without replacement, each label's share in
+    proportion to its count (largest remainders round up) and every label at least one row
+    while ``size`` allows; all rows when there are no more than ``size``."""
+    n = len(labels)
+    if size is None or n <= size:
+        return np.arange(n)
+    _, inv, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    exact = counts * size / n
+    alloc = np.floor(exact).astype(int)
+    alloc[np.argsort(-(exact - alloc), kind="stable")[: size - alloc.sum()]] += 1
+    short = np.flatnonzero(alloc == 0)  # rare labels: one row each, taken from the largest shares
+    for j in short[: max(0, size - np.count_nonzero(alloc))]:
+        alloc[j] = 1
+        alloc[np.argmax(alloc)] -= 1
+    rng = np.random.default_rng(seed)
+    picks = [rng.choice(np.flatnonzero(inv == c), a, replace=False) for c, a in enumerate(alloc) if a]
+    return np.sort(np.concatenate(picks))
 
 
 class RuleIdentifier(BaseEstimator):
@@ -192,6 +233,18 @@ class RuleIdentifier(BaseEstimator):
         confusable_ratio: a rule is confusable with the top one when its probability is at
             least this fraction of the top probability.
         n_neighbors: neighbours for the distance part of the unknown score.
+        reference_size: at most this many training rows are kept as the open-set reference
+            (the out-of-fold calibration pass caps each fold's reference the same way),
+            drawn without replacement, stratified by rule (each rule's share in proportion to
+            its count, at least one row; seed ``random_state``); ``None`` keeps every row.
+        n_components: the reference rows are kept as their coordinates on their first
+            ``n_components`` principal axes (at most ``min(n_components, reference_size,
+            features)``) and distances measured to their reconstructions (module docstring);
+            ``None``: the full standardised rows. With both set the model stores
+            ``reference_size x n_components + (n_components + 1) x features`` float32 numbers
+            for the open set (4,000 x 32 + 33 x 2,903: 0.9 MB), whatever the training size,
+            and a prediction costs one ``features x n_components`` projection plus
+            ``reference_size x n_components`` for the neighbours.
         aggregate: how areas combine into a recording: ``"depth"`` one row per recording,
             the output-side area's features, the deepest other area's and the mean of the
             other areas' (areas combined by depth; a single area fills all three), classified
@@ -210,6 +263,8 @@ class RuleIdentifier(BaseEstimator):
         unknown_level: float = 0.95,
         confusable_ratio: float = 0.25,
         n_neighbors: int = 5,
+        reference_size: int | None = 4000,
+        n_components: int | None = 32,
         aggregate: str = "depth",
         random_state: int = 0,
     ):
@@ -222,6 +277,8 @@ class RuleIdentifier(BaseEstimator):
         self.unknown_level = unknown_level
         self.confusable_ratio = confusable_ratio
         self.n_neighbors = n_neighbors
+        self.reference_size = reference_size
+        self.n_components = n_components
         self.aggregate = aggregate
         self.random_state = random_state
 
@@ -287,8 +344,8 @@ class RuleIdentifier(BaseEstimator):
                 local = np.searchsorted(te_rec, rec[te])
                 for t in TARGETS:
                     oof_logits[t][te_rec] = self._logits(models[t], X[te], local, len(te_rec), t)
-                scaler, reference = self._fit_neighbors(X[tr])
-                oof_dist[te_rec] = self._distance(scaler, reference, X[te], local, len(te_rec))
+                scaler, projection, reference, _ = self._fit_neighbors(X[tr], y["rule"][rec[tr]])
+                oof_dist[te_rec] = self._distance(scaler, projection, reference, X[te], local, len(te_rec))
             self.temperature_ = {
                 t: _fit_temperature(oof_logits[t], np.searchsorted(self.classes_[t], y[t])) for t in TARGETS
             }
@@ -303,14 +360,18 @@ class RuleIdentifier(BaseEstimator):
             if self.aggregate == "mean"
             else self._fit_models(area_X, {t: y[t][area_rec] for t in TARGETS}, targets=("rule",))["rule"]
         )
-        self.scaler_, reference = self._fit_neighbors(X)
-        # float32 on disk: the model file's bulk, and distances move by ~1e-7 relative.
+        self.scaler_, projection, reference, keep = self._fit_neighbors(X, y["rule"][rec])
+        # float32 on disk (distances move by ~1e-7 relative); the size is bounded by
+        # reference_size x n_components + n_components x features, whatever the training size.
+        self.components_mean_, self.components_ = (a if a is None else a.astype(np.float32) for a in projection or (None, None))
         self.reference_ = reference.astype(np.float32)
         self.__dict__.pop("_reference_cache", None)
         if folds < 2:  # no held-out pass: references from the training recordings themselves
             for t in TARGETS:
                 oof_logits[t] = self._logits(self.estimators_[t], X, rec, n_rec, t)
-            oof_dist = self._distance(self.scaler_, reference, X, rec, n_rec, skip_self=True)
+            in_ref = np.zeros(X.shape[0], dtype=bool)
+            in_ref[keep] = True
+            oof_dist = self._distance(self.scaler_, projection, reference, X, rec, n_rec, skip_self=in_ref)
 
         p_rule = _softmax(oof_logits["rule"] / self.temperature_["rule"])
         conf = 1.0 - p_rule.max(axis=1)
@@ -378,37 +439,75 @@ class RuleIdentifier(BaseEstimator):
         """Mean area log-probabilities in ``classes_[target]`` order."""
         return _mean_logp(self._full_proba(model, X, target), rec, n_rec)
 
-    def _fit_neighbors(self, X: np.ndarray) -> tuple[StandardScaler, np.ndarray]:
-        """The scaler of the distance part of the unknown score and the standardised
-        training rows it measures distances to."""
-        X = _clean(X)
-        scaler = StandardScaler().fit(X)
-        return scaler, scaler.transform(X)
+    def _fit_neighbors(self, X: np.ndarray, labels: np.ndarray) -> tuple[StandardScaler, tuple | None, np.ndarray, np.ndarray]:
+        """The open-set reference of the distance part of the unknown score, from design rows
+        ``X`` with rule ``labels``: the scaler, the projection ``(centre, axes)`` (``None``: the
+        full standardised space), the projected reference rows (at most ``reference_size``,
+        stratified by rule) and their indices into ``X``."""
+        scaler = StandardScaler().fit(_clean(X))
+        keep = _stratified_rows(labels, self.reference_size, self.random_state)
+        z = self._standardised(scaler, X[keep])
+        if self.n_components is None:
+            return scaler, None, z, keep
+        centre = z.mean(axis=0)
+        z -= centre
+        k = min(int(self.n_components), *z.shape)
+        _, _, axes = randomized_svd(z, k, n_iter=5, random_state=self.random_state)
+        return scaler, (centre, axes), z @ axes.T, keep
 
-    def _distance(self, scaler, reference, X, rec, n_rec, skip_self: bool = False, ref_sq=None) -> np.ndarray:
-        z = np.clip(_standardise(scaler, _clean(X)), -50, 50)
+    @staticmethod
+    def _standardised(scaler: StandardScaler, X: np.ndarray) -> np.ndarray:
+        return np.clip(_standardise(scaler, _clean(X)), -50, 50)
+
+    def _distance(self, scaler, projection, reference, X, rec, n_rec, skip_self=False, ref_sq=None) -> np.ndarray:
+        """Mean over each recording's rows of ``log1p`` of the mean distance to the nearest
+        ``n_neighbors`` reference rows, measured in the full standardised space to the
+        reference rows' projections: squared distance within the projected space plus the
+        row's squared residual off it (standardised and projected in blocks, so a large ``X``
+        needs no full-size copies)."""
         if ref_sq is None:
             ref_sq = (reference * reference).sum(axis=1)
-        per_row = np.log1p(_knn_mean_distance(z, reference, ref_sq, self.n_neighbors, skip_self))
+        skip = np.broadcast_to(np.asarray(skip_self, dtype=bool), (X.shape[0],))
+        per_row = np.empty(X.shape[0])
+        for i0 in range(0, X.shape[0], _PROJECT_BLOCK):
+            z = self._standardised(scaler, X[i0 : i0 + _PROJECT_BLOCK])
+            residual_sq = None
+            if projection is not None:
+                centre, axes = projection
+                z -= centre
+                u = z @ axes.T
+                residual_sq = np.maximum((z * z).sum(axis=1) - (u * u).sum(axis=1), 0.0)
+                z = u
+            d = _knn_mean_distance(z, reference, ref_sq, self.n_neighbors, skip[i0 : i0 + _PROJECT_BLOCK], residual_sq)
+            per_row[i0 : i0 + _PROJECT_BLOCK] = np.log1p(d)
         out = np.zeros(n_rec)
         np.add.at(out, rec, per_row)
         return out / np.maximum(np.bincount(rec, minlength=n_rec), 1)
 
-    def _neighbour_reference(self) -> tuple[np.ndarray, np.ndarray]:
-        """The standardised training rows in float64 and their squared norms, made once per
-        loaded model (not saved: see ``__getstate__``). Models saved before ``reference_``
-        (float32) hold a fitted ``NearestNeighbors`` in ``neighbors_`` instead."""
+    def _neighbour_reference(self) -> tuple[tuple | None, np.ndarray, np.ndarray]:
+        """The projection ``(centre, axes)``, the reference rows in float64 and their squared norms, made once per
+        loaded model (not saved: see ``__getstate__``). Older models: no ``components_`` (the
+        reference is the standardised training rows themselves), or before ``reference_``
+        (float32) a fitted ``NearestNeighbors`` in ``neighbors_``."""
         cached = self.__dict__.get("_reference_cache")
         if cached is None:
             ref = self.reference_ if hasattr(self, "reference_") else self.neighbors_._fit_X
             ref = np.ascontiguousarray(ref, dtype=np.float64)
-            cached = self.__dict__["_reference_cache"] = (ref, (ref * ref).sum(axis=1))
+            projection = None
+            if getattr(self, "components_", None) is not None:
+                projection = tuple(np.ascontiguousarray(a, dtype=np.float64) for a in (self.components_mean_, self.components_))
+            cached = self.__dict__["_reference_cache"] = (projection, ref, (ref * ref).sum(axis=1))
         return cached
 
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_reference_cache", None)
         return state
+
+    def __setstate__(self, state):
+        # A model saved before the bounded reference kept every training row, unprojected:
+        # what None means for both parameters.
+        super().__setstate__({"reference_size": None, "n_components": None, **state})
 
     # --- prediction ---------------------------------------------------------------------
 
@@ -452,8 +551,8 @@ class RuleIdentifier(BaseEstimator):
         if p_rule is None:
             p_rule = np.exp(self._calibrated_logp(rows)[0]["rule"])
         X, rec = self._design(_clean(rows.values), rows.rec, rows.depth, rows.n_rec)
-        reference, ref_sq = self._neighbour_reference()
-        dist = self._distance(self.scaler_, reference, X, rec, rows.n_rec, ref_sq=ref_sq)
+        projection, reference, ref_sq = self._neighbour_reference()
+        dist = self._distance(self.scaler_, projection, reference, X, rec, rows.n_rec, ref_sq=ref_sq)
         p_dist = _conformal_p(dist, self.reference_distance_)
         p_conf = _conformal_p(1.0 - p_rule.max(axis=1), self.reference_uncertainty_)
         return np.clip(1.0 - np.minimum(1.0, 2.0 * np.minimum(p_dist, p_conf)), 0.0, 1.0)
