@@ -6,8 +6,9 @@
 Prints one JSON object: ms_per_recording (median of --repeats, load + predict, model already
 loaded), ms_per_recording_p90, cpu_ms_per_recording (process CPU time: what one core spends,
 less sensitive than wall time to other work on the machine), predict_only_ms (median, recording already in memory)
-and its CPU time cpu_predict_only_ms, model_load_ms (median of 5 fresh loads: hash check, skops load), model_bytes. Target:
-ms_per_recording <= 30.
+and its CPU time cpu_predict_only_ms, model_load_ms (median of 5 fresh loads: hash check, skops load), model_bytes,
+open_set_reference (rows x dimensions of the unknown score's reference: bounded by the estimator's reference_size x
+n_components; models trained before that hold every training row unprojected). Target: ms_per_recording <= 30.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def main() -> int:
                 "cpu_predict_only_ms": round(float(np.median(cpu_only)), 2),
                 "model_load_ms": round(float(np.median(loads)), 1),
                 "model_bytes": sum(p.stat().st_size for p in model.path.iterdir()),
+                "open_set_reference": list(getattr(model.estimator, "reference_", np.empty((0, 0))).shape),
                 "target_ms_per_recording": 30,
             },
             indent=2,
