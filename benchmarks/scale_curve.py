@@ -43,8 +43,9 @@ def nested_shard_subsets(shards: np.ndarray, train: np.ndarray, sizes: list[int]
     """Masks over networks: for each size, the first training shards of one seeded order whose
     networks add up to at least ``size`` (so every subset contains the smaller ones)."""
     rng = np.random.default_rng(seed)
-    order = rng.permutation(np.unique(shards[train]))
-    counts = np.array([np.sum(train & (shards == s)) for s in order])
+    names, sizes_of = np.unique(shards[train], return_counts=True)
+    perm = rng.permutation(names.size)
+    order, counts = names[perm], sizes_of[perm]
     cum = np.cumsum(counts)
     masks = []
     for size in sizes:
@@ -106,13 +107,14 @@ def main(argv=None) -> int:
         "features_s": round(features_s, 1),
         "points": [],
     }
-    # pred[size][target] over all_test, filled fold by fold
+    # pred[size][target] over all_test (the folds' test networks in fold order), fold by fold
     preds: dict[int, dict[str, np.ndarray]] = {}
     sizes_fit: dict[int, list[dict]] = {}
+    start = 0
     for train_mask, test_mask in folds:
         test_rows, test_idx = subset(test_mask)
-        pos = np.searchsorted(np.sort(all_test), test_idx)
-        order = np.argsort(all_test)
+        here = slice(start, start + test_idx.size)
+        start += test_idx.size
         for size, mask in zip(sizes, nested_shard_subsets(shards, train_mask, sizes, args.seed), strict=True):
             t0 = time.perf_counter()
             train_rows, train_idx = subset(mask)
@@ -121,7 +123,7 @@ def main(argv=None) -> int:
             proba = est.predict_proba_features(test_rows)
             slot = preds.setdefault(size, {t: np.empty(all_test.size, dtype=object) for t in TARGETS})
             for t in TARGETS:
-                slot[t][order[pos]] = est.classes_[t][proba[t].argmax(axis=1)]
+                slot[t][here] = est.classes_[t][proba[t].argmax(axis=1)]
             sizes_fit.setdefault(size, []).append({
                 "n_train_networks": int(train_idx.size), "n_train_learned": int(learned[train_idx].sum()),
                 "train_networks_per_rule": train_idx.size / np.unique(labels["rule"][train_idx]).size,
