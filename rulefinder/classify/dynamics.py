@@ -51,19 +51,25 @@ def progress_feature_names(stat_names, n_times: int) -> list[str]:
     ]
 
 
-def _unit_rms(z: np.ndarray) -> np.ndarray:
+def unit_rms(x: np.ndarray) -> np.ndarray:
+    """An area's block ``(S, K, N)`` scaled to unit root mean square, missing values 0: what
+    :func:`activity_clock` and :func:`spread_features` read (``scaled=True`` there takes it
+    as given, so that one recording's features scale each block once)."""
+    z = np.asarray(x, dtype=np.float64)
     ms = float(np.mean(z * z))
-    if not np.isfinite(ms):  # units missing in some sessions
-        ms = float(np.nanmean(z * z))
-    return z / (np.sqrt(ms) + _EPS)
+    if np.isfinite(ms):  # no NaN (it would reach the mean) and no inf: nothing to zero
+        return z / (np.sqrt(ms) + _EPS)
+    ms = float(np.nanmean(z * z))  # units missing in some sessions
+    return np.nan_to_num(z / (np.sqrt(ms) + _EPS))
 
 
-def activity_clock(blocks, tau: np.ndarray) -> np.ndarray:
-    """The recording's clock ``(S,)`` in [0, 1] from its areas' blocks ``(S, K, N_a)``;
-    ``tau`` is relative session time, the fallback when no area changes."""
+def activity_clock(blocks, tau: np.ndarray, scaled: bool = False) -> np.ndarray:
+    """The recording's clock ``(S,)`` in [0, 1] from its areas' blocks ``(S, K, N_a)``
+    (:func:`unit_rms` of them with ``scaled``); ``tau`` is relative session time, the
+    fallback when no area changes."""
     per_area = []
     for x in blocks:
-        z = np.nan_to_num(_unit_rms(np.asarray(x, dtype=np.float64)))
+        z = x if scaled else unit_rms(x)
         d2 = ((z - z[:1]) ** 2).sum(axis=(1, 2))
         if d2.size > 2:
             # Independent noise adds the same amount to every distance; the smallest step between
@@ -147,9 +153,10 @@ def _windows(n_sessions: int) -> list[tuple[int, int]]:
     return ws + [(0, n_sessions - 1)]
 
 
-def spread_features(x: np.ndarray) -> np.ndarray:
-    """One area's block ``(S, K, N)`` -> the ``spread`` features (:func:`spread_feature_names`)."""
-    z = np.nan_to_num(_unit_rms(np.asarray(x, dtype=np.float64)))
+def spread_features(x: np.ndarray, scaled: bool = False) -> np.ndarray:
+    """One area's block ``(S, K, N)`` (:func:`unit_rms` of it with ``scaled``) -> the
+    ``spread`` features (:func:`spread_feature_names`)."""
+    z = x if scaled else unit_rms(x)
     ws = np.asarray(_windows(z.shape[0]))
     d = z[ws[:, 1]] - z[ws[:, 0]]  # (W, K, N)
     d2 = d * d

@@ -18,6 +18,7 @@ All are invariant to unit order, stimulus order and the recording's scale (the s
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -30,6 +31,7 @@ from rulefinder.classify.dynamics import (
     progress_sessions,
     spread_feature_names,
     spread_features,
+    unit_rms,
 )
 from rulefinder.classify.structure import structure_feature_names, structure_features_arrays
 from rulefinder.features import STAT_NAMES, canonical_grid
@@ -49,6 +51,12 @@ def _parse(feature_set: str) -> list[str]:
 
 
 def area_feature_names(n_times: int, feature_set: str) -> list[str]:
+    return list(_feature_names(n_times, feature_set))
+
+
+@functools.lru_cache(maxsize=32)
+def _feature_names(n_times: int, feature_set: str) -> tuple[str, ...]:
+    # Thousands of formatted names: built once, not for every recording predicted.
     parts = _parse(feature_set)
     grid = canonical_grid(n_times)
     names: list[str] = []
@@ -62,7 +70,7 @@ def area_feature_names(n_times: int, feature_set: str) -> list[str]:
         names += progress_feature_names(STAT_NAMES, n_times)
     if "spread" in parts:
         names += spread_feature_names()
-    return names + ["depth", "depth_known"]
+    return (*names, "depth", "depth_known")
 
 
 def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray:
@@ -71,9 +79,9 @@ def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray
     blocks = clock = per_session = None
     if "progress" in parts or "spread" in parts:
         values = np.asarray(arrays.values, dtype=np.float64)
-        blocks = [values[:, :, c] for c in _area_columns(arrays.unit_area, arrays.areas)]
+        blocks = [unit_rms(values[:, :, c]) for c in _area_columns(arrays.unit_area, arrays.areas)]
     if "progress" in parts:
-        clock = activity_clock(blocks, relative_time(arrays.session_time))
+        clock = activity_clock(blocks, relative_time(arrays.session_time), scaled=True)
     if "stats" in parts or "change" in parts or "progress" in parts:
         # One pass of the statistics serves the time grid and the clock levels.
         extra = progress_sessions(clock, n_times) if clock is not None else None
@@ -89,7 +97,7 @@ def _rows(arrays: RecordingArrays, parts: list[str], n_times: int) -> np.ndarray
     if "progress" in parts:
         cols.append(progress_features(per_session, clock, n_times))
     if "spread" in parts:
-        cols.append(np.stack([spread_features(b) for b in blocks]))
+        cols.append(np.stack([spread_features(b, scaled=True) for b in blocks]))
     depth, known = arrays.depths()
     return np.concatenate([*cols, depth[:, None], np.full((len(depth), 1), float(known))], axis=1)
 

@@ -122,7 +122,7 @@ def _session_trajectories(
     for key in dict.fromkeys(keys):
         rows = np.flatnonzero([k == key for k in keys])
         need = np.asarray(key) if 0 < len(key) < s else np.arange(s)
-        part = session_statistics(block[rows][:, need], scale[rows])
+        part = session_statistics(block if rows.size == r and need.size == s else block[np.ix_(rows, need)], scale[rows])
         traj[rows[:, None], need[None, :]] = part
         if computed is not None:
             computed[rows[:, None], need[None, :]] = True
