@@ -26,7 +26,8 @@ def _cell(shard):
 
 
 def test_every_rule_meets_the_same_circumstances_in_a_cell():
-    spec = dict(load_spec("default"), rule_lr_scale={}, rule_epochs_scale={})
+    spec = load_spec("default")
+    spec = dict(spec, rule_lr_scale={}, rule_epochs_scale={}, hyperparameters=dict(spec["hyperparameters"], rule_lr={}))
     by_cell = defaultdict(list)
     for s in expand_spec(spec):
         by_cell[_cell(s)].append(s)

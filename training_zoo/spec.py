@@ -8,10 +8,12 @@ classifier has to learn the rule, not the circumstances:
 - per shard: architecture shape (depth, width, activation, channels), batch size, input
   scale, training length, checkpoint spacing;
 - per network: learning rate (log-uniform over the optimizer's range, times the rule's
-  ``rule_lr_scale``), init scheme, init scale, init seed;
+  ``rule_lr_scale``, or placed at the same quantile of the rule's own window,
+  ``hyperparameters.rule_lr``),
+  init scheme, init scale, init seed;
 - per rule: the implementation variant (``variants``), crossed with the cells.
 
-All of these but the rule's own scales and its variant are drawn per *cell* (optimizer, task,
+All of these but the rule's own scales or windows and its variant are drawn per *cell* (optimizer, task,
 architecture entry, replicate), never per rule, so no circumstance tells a rule apart.
 Expansion is deterministic for the spec's ``seed``.
 """
@@ -148,6 +150,40 @@ def _rule_scale(table: dict, rule: str, opt: str, field_name: str) -> float:
     return float(v)
 
 
+def _rule_windows(table, rules: list[str], rule_lr_scale: dict) -> dict[tuple[str, str], tuple[float, float]]:
+    """(rule, optimizer) -> [low, high] from ``hyperparameters.rule_lr: {rule: {optimizer: [low, high]}}``."""
+    if not isinstance(table, dict):
+        raise SpecError(f"hyperparameters.rule_lr: expected a mapping rule -> {{optimizer: [low, high]}}, found {table!r}")
+    out = {}
+    for r, per in table.items():
+        if r not in rules and r not in all_rules():
+            raise SpecError(f"hyperparameters.rule_lr: unknown rule {r!r}")
+        if not isinstance(per, dict):
+            raise SpecError(f"hyperparameters.rule_lr.{r}: expected a mapping optimizer -> [low, high], found {per!r}")
+        for o, v in per.items():
+            # optimizers the spec does not train are allowed: a pipeline config may narrow them
+            _check([o], OPTIMIZERS, f"hyperparameters.rule_lr.{r}")
+            v = _list(v)
+            if len(v) != 2 or not all(isinstance(x, (int, float)) and x > 0 for x in v) or v[0] > v[1]:
+                raise SpecError(f"hyperparameters.rule_lr.{r}.{o}: expected [low, high], positive numbers, low <= high, "
+                                f"found {v!r}")
+            scale = rule_lr_scale.get(r, {})
+            if not isinstance(scale, dict) or o in scale:
+                # both would move the same draws: which one meant what is not for the expander to guess
+                raise SpecError(f"hyperparameters.rule_lr.{r}.{o}: rule_lr_scale also sets {r}'s {o} learning rates; "
+                                "give one of the two")
+            out[(r, o)] = (float(v[0]), float(v[1]))
+    return out
+
+
+def _in_window(lrs: list[float], lo: float, hi: float, window: tuple[float, float]) -> list[float]:
+    """The cell's learning rates moved to ``window`` at the same log-quantile of the cell's range
+    ``[lo, hi]``: every rule's i-th network sits equally high in its own window."""
+    wlo, whi = math.log(window[0]), math.log(window[1])
+    span = math.log(hi) - math.log(lo)
+    return [math.exp(wlo + ((math.log(v) - math.log(lo)) / span if span > 0 else 0.5) * (whi - wlo)) for v in lrs]
+
+
 def _draw_cell(rng: np.random.Generator, arch: dict, family: str, n_net: int, lo: float, hi: float,
                inits, init_scale, batch_sizes, input_scale, epochs, spacings) -> dict:
     """Everything a cell fixes, drawn from the cell's generator alone (never the rule's)."""
@@ -226,6 +262,7 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
             raise SpecError(f"hyperparameters.epochs: task {t!r} is not among the spec's tasks")
     rule_lr_scale = spec.get("rule_lr_scale", {}) or {}
     rule_epochs_scale = spec.get("rule_epochs_scale", {}) or {}
+    rule_lr_window = _rule_windows(hp.get("rule_lr", {}) or {}, rules, rule_lr_scale)
     for name, table in (("rule_lr_scale", rule_lr_scale), ("rule_epochs_scale", rule_epochs_scale)):
         for r in table:
             if r not in rules and r not in all_rules():
@@ -276,13 +313,16 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
                         for k in range(max(len(fcells), len(rv)))]
             for ((opt, task, ai, rep), d), variant in plan:
                 lr_scale = _rule_scale(rule_lr_scale, rule, opt, "rule_lr_scale")
+                lrs = [v * lr_scale for v in d["lrs"]]
+                if (rule, opt) in rule_lr_window:
+                    lrs = _in_window(d["lrs"], *_range(lr_ranges, opt, None), rule_lr_window[(rule, opt)])
                 ep_scale = _rule_scale(rule_epochs_scale, rule, opt, "rule_epochs_scale")
                 shards.append(Shard(
                     # A spec seed other than 0 names its shards apart, so zoos expanded from
                     # several seeds can grow one store without two shards sharing an id.
                     shard_id=f"{rule}.{variant}.{opt}.{task}.a{ai}.r{rep}" + (f".s{seed}" if seed else ""),
                     rule=rule, variant=variant, optimizer=opt, task=task, arch=dict(d["arch"]),
-                    lrs=[v * lr_scale for v in d["lrs"]], inits=list(d["inits"]),
+                    lrs=lrs, inits=list(d["inits"]),
                     init_scales=list(d["init_scales"]), seeds=list(d["seeds"]),
                     batch_size=d["batch_size"], input_scale=d["input_scale"],
                     epochs=d["epochs"] * ep_scale, checkpoints=n_ck, spacing=d["spacing"],

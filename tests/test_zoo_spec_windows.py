@@ -1,0 +1,95 @@
+"""Per-rule learning-rate windows (``hyperparameters.rule_lr``) and the zoo10k configs pinned
+to the spec they were trained with (issue #7: networks that learn)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pipelines.config import load_config
+from training_zoo.spec import SpecError, expand_spec, load_spec
+
+BASE = {"name": "t", "rules": ["backprop", "feedback_alignment"], "optimizers": ["sgd", "adam"],
+        "variants": "default", "networks_per_shard": 6,
+        "hyperparameters": {"lr": {"sgd": [0.01, 1.0], "adam": [0.0001, 0.01]}, "epochs": [1, 2]}}
+
+
+def _with_windows(windows, **extra):
+    return dict(BASE, hyperparameters=dict(BASE["hyperparameters"], rule_lr=windows), **extra)
+
+
+def test_a_rule_window_moves_that_rules_draws_to_the_same_quantile_of_its_window():
+    plain = {(s.rule, s.optimizer): s for s in expand_spec(BASE)}
+    moved = {(s.rule, s.optimizer): s for s in expand_spec(_with_windows(
+        {"feedback_alignment": {"sgd": [0.05, 0.5]}}))}
+    # the other rule, and the rule's other optimizer, are untouched
+    assert moved[("backprop", "sgd")].to_dict() == plain[("backprop", "sgd")].to_dict()
+    assert moved[("feedback_alignment", "adam")].to_dict() == plain[("feedback_alignment", "adam")].to_dict()
+    a, b = plain[("feedback_alignment", "sgd")], moved[("feedback_alignment", "sgd")]
+    q_cell = (np.log10(a.lrs) - math.log10(0.01)) / 2.0  # quantile in the cell's two decades
+    q_rule = (np.log10(b.lrs) - math.log10(0.05)) / 1.0  # quantile in the rule's one decade
+    np.testing.assert_allclose(q_rule, q_cell, atol=1e-12)
+    assert all(0.05 <= v <= 0.5 for v in b.lrs)
+    assert {k: v for k, v in b.to_dict().items() if k != "lrs"} == {k: v for k, v in a.to_dict().items() if k != "lrs"}
+
+
+def test_the_default_spec_draws_every_windowed_rule_inside_its_window():
+    spec = load_spec("default")
+    windows = spec["hyperparameters"]["rule_lr"]
+    assert "backprop" in windows  # the yardstick is placed too
+    for s in expand_spec(spec):
+        w = windows.get(s.rule, {}).get(s.optimizer)
+        lo, hi = w if w else spec["hyperparameters"]["lr"][s.optimizer]
+        assert all(lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9) for v in s.lrs), (s.shard_id, lo, hi)
+
+
+@pytest.mark.parametrize("windows, match", [
+    ({"no_such_rule": {"sgd": [0.1, 1]}}, "hyperparameters.rule_lr: unknown rule 'no_such_rule'"),
+    ({"backprop": [0.1, 1]}, r"hyperparameters.rule_lr.backprop: expected a mapping optimizer"),
+    ({"backprop": {"rmsprop": [0.1, 1]}}, "hyperparameters.rule_lr.backprop: unknown value 'rmsprop'"),
+    ({"backprop": {"sgd": [1, 0.1]}}, r"hyperparameters.rule_lr.backprop.sgd: expected \[low, high\].*found \[1, 0.1\]"),
+    ({"backprop": {"sgd": [0, 0.1]}}, r"hyperparameters.rule_lr.backprop.sgd: expected \[low, high\], positive"),
+    ({"backprop": {"sgd": [0.1]}}, r"hyperparameters.rule_lr.backprop.sgd: expected \[low, high\]"),
+    ([1, 2], "hyperparameters.rule_lr: expected a mapping rule"),
+])
+def test_malformed_rule_windows_are_spec_errors_naming_the_field(windows, match):
+    with pytest.raises(SpecError, match=match):
+        expand_spec(_with_windows(windows))
+
+
+def test_a_window_and_a_scale_for_the_same_rule_and_optimizer_is_an_error():
+    with pytest.raises(SpecError, match="rule_lr.backprop.sgd: rule_lr_scale also sets"):
+        expand_spec(_with_windows({"backprop": {"sgd": [0.1, 1]}}, rule_lr_scale={"backprop": {"sgd": 2}}))
+    with pytest.raises(SpecError, match="rule_lr.backprop.adam: rule_lr_scale also sets"):
+        expand_spec(_with_windows({"backprop": {"adam": [0.001, 0.01]}}, rule_lr_scale={"backprop": 2}))
+    # a scale for another optimizer is fine
+    expand_spec(_with_windows({"backprop": {"sgd": [0.1, 1]}}, rule_lr_scale={"backprop": {"adam": 2}}))
+
+
+def _digest(shards, floats: bool) -> str:
+    def norm(v):
+        if isinstance(v, float):
+            return float(f"{v:.10g}")  # immune to last-bit differences between maths libraries
+        if isinstance(v, list):
+            return [norm(x) for x in v]
+        if isinstance(v, dict):
+            return {k: norm(x) for k, x in v.items()}
+        return v
+    doc = [norm(s.to_dict()) for s in shards] if floats else [s.shard_id for s in shards]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: The zoo10k store (/work/runs/zoo10k.zarr) was trained with these expansions; a change to the
+#: default spec must not move them, or the store stops being resumable with the same shards.
+FROZEN = {"zoo10k": ("cbdbb509aea60cd1", "37b11fa5401e7c84"),
+          "zoo10k-seed1": ("22bbb3a2177598c2", "b213a23bee2360e4")}
+
+
+@pytest.mark.parametrize("name", sorted(FROZEN))
+def test_the_zoo10k_configs_expand_to_the_shards_their_store_holds(name):
+    shards = expand_spec(load_config(f"pipelines/configs/{name}.yaml").zoo_spec())
+    assert (_digest(shards, False), _digest(shards, True)) == FROZEN[name]
