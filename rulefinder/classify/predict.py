@@ -4,7 +4,8 @@ service and the pipeline call to predict.
 :func:`predict_recordings` asks the model's estimator for the probabilities, the open-set score
 and the verdict, then adds what the model card knows: the accuracy to expect for a recording of
 this size and noise (:func:`expected_accuracy`), and warnings for what limits the answer (few
-units, few sessions, areas without depth, no learning visible).
+units, few sessions, areas without depth, no learning visible, circumstances outside the
+model's training recordings: :func:`training_range_warnings`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ NO_PERFORMANCE_GAIN = 0.02
 #: negative controls), 6 or more for 90 % of its networks.
 NO_DRIFT_RATIO = 1.5
 NO_LEARNING = "no learning visible"
+OUTSIDE_TRAINING = "outside the model's training recordings"
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,36 @@ def limit_warnings(rec: xr.DataArray, size: RecordingSize | None = None) -> list
     reason = _no_learning(rec)
     if reason:
         out.append(f"{NO_LEARNING}: {reason}")
+    return out
+
+
+def training_range_warnings(rec: xr.DataArray, card: ModelCard, size: RecordingSize | None = None) -> list[str]:
+    """Where the recording's circumstances lie outside every recording the model was trained on,
+    as its card's zoo spec records them (``recording``: ``probes``, ``checkpoints``,
+    ``units_per_layer``; virtual experiments only ever removed units and sessions): the zoo
+    recorded the same number of stimuli in every network, so a different count puts the
+    stimulus-dependent statistics off their training range (docs/results.md, "Out-of-zoo
+    recordings": the answer for the same network moves with the stimulus count)."""
+    spec = card.zoo.spec if isinstance(card.zoo.spec, dict) else {}
+    recorded = spec.get("recording") if isinstance(spec.get("recording"), dict) else {}
+    size = size or recording_size(rec)
+    out = []
+    probes, checkpoints, per_layer = (recorded.get(k) for k in ("probes", "checkpoints", "units_per_layer"))
+    n_stim = int(rec.sizes["stimulus"])
+    if isinstance(probes, int) and n_stim != probes:
+        out.append(f"{OUTSIDE_TRAINING}: {n_stim} stimuli, while every training recording of model {card.name!r} "
+                   f"had {probes}; statistics over stimuli are read off their training range")
+    if isinstance(checkpoints, int) and size.sessions > checkpoints:
+        out.append(f"{OUTSIDE_TRAINING}: {size.sessions} sessions, while training recordings of model "
+                   f"{card.name!r} had at most {checkpoints}")
+    if isinstance(per_layer, int):
+        unit_area = rec.coords["unit_area"].values
+        big = {a: int(np.sum(unit_area == a)) for a in areas_of(rec)}
+        big = {a: n for a, n in big.items() if n > per_layer}
+        if big:
+            listed = ", ".join(f"{a!r} {n}" for a, n in big.items())
+            out.append(f"{OUTSIDE_TRAINING}: units per area {listed}, while training recordings of model "
+                       f"{card.name!r} had at most {per_layer} per area (subsample the units to compare like with like)")
     return out
 
 
@@ -179,7 +211,7 @@ def predict_recordings(
     loaded = resolve_model(model)
     details = loaded.estimator.predict_details(recordings, group=group, validated=True)
     sizes = [recording_size(r) for r in recordings]
-    notes = [limit_warnings(r, s) for r, s in zip(recordings, sizes, strict=True)]
+    notes = [limit_warnings(r, s) + training_range_warnings(r, loaded.card, s) for r, s in zip(recordings, sizes, strict=True)]
     # Nothing to identify where no learning is visible (a group: in none of its recordings).
     frozen = [any(w.startswith(NO_LEARNING) for w in ws) for ws in notes]
     for d, f in zip(details, [all(frozen)] if group else frozen, strict=True):
