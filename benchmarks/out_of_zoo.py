@@ -29,7 +29,8 @@ named rule; mean probability of the true rule per rule; verdict counts, and how 
 ``--diagnose`` the nuisance sweep (one circumstance changed at a time on the same networks: how
 p(true rule) and the top rule move) and, with ``--zoo-rows``, the comparison of a recording's
 design row with the zoo's backprop and EqProp rows (which features push the model to EqProp),
-and with ``--zoo-store`` zoo networks predicted with and without their output area.
+and with ``--zoo-store`` the model's held-out zoo networks predicted with and without their
+output area, and its held-out accuracy on backprop and EqProp per implementation variant.
 Also ``benchmark_zoo_like_recording``: the same networks recorded as the zoo records them (64
 probes, 21 even sessions, output area, performance), so the rest of the gap is implementation.
 
@@ -576,26 +577,60 @@ def zoo_comparison(recordings: dict, rows_root: Path, model=None, top: int = 12)
     return out
 
 
+#: The shipped default's split of its zoo (card: "held-out shards: 20% of each rule's shards
+#: (seed 0)"); checked against the card's training-network count before use.
+DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED = 0.2, 0
+
+
+def heldout_zoo(store_url: str, loaded):
+    """The zoo store, its network table and the mask of the model's held-out networks."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from train_default import load_zoo
+
+    store, table, held = load_zoo(store_url, 0, DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED)
+    n_train = int((~held).sum())
+    if n_train != loaded.card.n_networks:
+        raise ValueError(f"{store_url}: the split gives {n_train} training networks, model {loaded.ref.name!r} "
+                         f"was trained on {loaded.card.n_networks}: not the model's zoo or split")
+    return store, table, held
+
+
+def zoo_variant_check(store_url: str, rules=("backprop", "equilibrium_propagation"), model=None) -> dict:
+    """Rule accuracy of the model's held-out networks of ``rules`` per implementation variant:
+    the variants differ in what the output units are (logits, softmax, sigmoid, EqProp's
+    output neurons or a read-out), so this shows how much of a rule's in-zoo accuracy is read
+    off its output units."""
+    loaded = resolve_model(model)
+    store, table, held = heldout_zoo(store_url, loaded)
+    ids = table["network"].values.astype(str)
+    rule_of, variants = table["rule"].values.astype(str), table["variant"].values.astype(str)
+    out = {}
+    for rule in rules:
+        for v in np.unique(variants[rule_of == rule]):
+            own = ids[held & (rule_of == rule) & (variants == v)]
+            res = predict_recordings([store.recording(str(i)) for i in own], model=loaded)
+            out[f"{rule}/{v}"] = {"n": len(res), "rule_accuracy": round(float(np.mean([r.top_rule == rule for r in res])), 3),
+                                  "named": dict(Counter(r.top_rule for r in res).most_common(3))}
+    return out
+
+
 def zoo_output_area_check(store_url: str, per_rule: int, model=None, seed: int = 0) -> dict:
-    """The output-area confound inside the zoo: ``per_rule`` zoo networks (``default`` variant)
-    of each benchmark rule and of EqProp, predicted from their full recordings and with the
-    output area dropped (``drop_areas``), as a lab that records only hidden layers would see
-    them. Most of these networks are in the shipped model's training set: this measures what
-    the model reads, not how well it generalises."""
-    from rulefinder.store import ZooStore
+    """The output-area confound inside the zoo: ``per_rule`` networks (``default`` variant) of
+    each benchmark rule and of EqProp from the model's held-out shards, predicted from their
+    full recordings and with the output area dropped (``drop_areas``), as a lab that records
+    only hidden layers would see them."""
     from rulefinder.virtual import VirtualExperiment
 
     loaded = resolve_model(model)
-    store = ZooStore.open(store_url, consolidated=False)
-    table = store.networks()
-    ids = np.asarray(table["network"].values).astype(str)
-    complete = np.asarray(table["complete"].values).ravel().astype(bool)
+    store, table, held = heldout_zoo(store_url, loaded)
+    ids = table["network"].values.astype(str)
+    rules, variants = table["rule"].values.astype(str), table["variant"].values.astype(str)
     rng = np.random.default_rng(seed)
     drop = VirtualExperiment([{"op": "drop_areas", "areas": ["output"]}], seed=seed)
     out = {}
     for rule in (*RULES, "equilibrium_propagation"):
-        own = sorted(i for i, ok in zip(ids, complete) if ok and i.startswith(f"{rule}.default."))
-        recs = [store.recording(str(i)) for i in rng.choice(own, min(per_rule, len(own)), replace=False)]
+        own = ids[held & (rules == rule) & (variants == "default")]
+        recs = [store.recording(str(i)) for i in rng.choice(own, min(per_rule, own.size), replace=False)]
         out[rule] = {}
         for name, rs in (("full", recs), ("output area dropped", [drop.apply(r) for r in recs])):
             res = predict_recordings(rs, model=loaded)
@@ -639,6 +674,7 @@ def main(argv=None) -> int:
         out["zoo_comparison"] = zoo_comparison(recs, Path(args.zoo_rows), args.model)
     if args.zoo_store:
         out["zoo_output_area"] = zoo_output_area_check(args.zoo_store, args.zoo_networks, args.model, args.seed)
+        out["zoo_variants"] = zoo_variant_check(args.zoo_store, model=args.model)
     text = json.dumps(out, indent=1)
     print(text)
     if args.out:
