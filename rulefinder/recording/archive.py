@@ -13,12 +13,18 @@ member and what is wrong.
 from __future__ import annotations
 
 import lzma
+import struct
 import zipfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
 from rulefinder.recording.errors import RecordingError
+
+try:  # libdeflate inflates a whole member in one call, ~1.6x faster than zlib's stream
+    import deflate as _libdeflate
+except ImportError:  # pragma: no cover - a core dependency; zlib's stream still works
+    _libdeflate = None
 
 # what zipfile and its decompressors raise on damaged bytes (see the module docstring)
 ZIP_ERRORS = (
@@ -127,7 +133,41 @@ def iter_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> Iterato
 
 
 def read_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> bytes:
+    """The decompressed bytes of one member, all at once (their size is bounded by the
+    caller's ``check_declared_size``); the CRC is checked."""
+    if _libdeflate is not None and info.compress_type == zipfile.ZIP_DEFLATED and zf.filename:
+        return _inflate_member(zf, info, src)
     return b"".join(iter_member(zf, info, src))
+
+
+_LOCAL_HEADER = struct.Struct("<4s22xHH")  # magic ... file name length, extra field length
+
+
+def _inflate_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, src: str) -> bytes:
+    """A deflated member of an archive on disk, inflated by libdeflate in one call into
+    exactly its declared size (a stream that would unpack to more fails: no zip bomb gets
+    past the declared size). :mod:`zipfile` checks the member's local header first, so a
+    damaged header fails as it does on the streaming path."""
+    try:
+        with zf.open(info):  # header checks: magic, names, flags, method, overlaps
+            pass
+        with open(zf.filename, "rb") as f:
+            f.seek(info.header_offset)
+            _, name_len, extra_len = _LOCAL_HEADER.unpack(f.read(_LOCAL_HEADER.size))
+            f.seek(info.header_offset + _LOCAL_HEADER.size + name_len + extra_len)
+            packed = f.read(info.compress_size)
+    except ZIP_ERRORS as exc:
+        raise member_error(src, info, exc) from exc
+    except struct.error as exc:  # the file changed under us: the header is gone
+        raise member_error(src, info, EOFError(str(exc))) from exc
+    try:
+        data = _libdeflate.deflate_decompress(packed, info.file_size)
+    except _libdeflate.DeflateError as exc:
+        raise member_error(src, info, zlib.error(f"invalid deflate stream: {exc}")) from exc
+    # A stream that ends before the declared size is judged by its CRC alone, as zipfile does.
+    if _libdeflate.crc32(data) != info.CRC:
+        raise member_error(src, info, zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}"))
+    return data
 
 
 __all__ = ["ZIP_ERRORS", "check_declared_size", "checked_members", "iter_member", "member_error", "open_zip", "read_member"]
