@@ -10,7 +10,10 @@ Steps (all seeded by --seed):
    out (never one shard on both sides).
 2. Training recordings: each training network's full recording plus ``--draws`` virtual
    experiments drawn from the evaluation grid's range (units per area, sessions, noise), so the
-   model sees what it will be shown.
+   model sees what it will be shown, plus ``--drop-output-draws`` more such draws with the
+   ``output`` area removed: a lab seldom records a network's output units, and a model that
+   only ever saw them reads the kind of output unit (logits, softmax, energy-model neurons) as
+   the rule (docs/results.md, "Out-of-zoo recordings").
 3. ``RuleIdentifier`` (its defaults, or ``--params`` JSON) fitted with the shard as group.
 4. The expected-accuracy table: every held-out network through every grid cell
    (units per area x sessions x noise, one seeded draw each); rule accuracy, balanced accuracy
@@ -69,6 +72,7 @@ from rulefinder.vocabulary import NOISE_LEVELS  # noqa: E402
 
 log = logging.getLogger("train_default")
 TARGETS = ("rule", "family", "optimizer")
+NO_OUTPUT = {"op": "drop_areas", "areas": ["output"]}
 
 
 def experiment(units: int | None, sessions: int | None, noise: str) -> list[dict]:
@@ -188,6 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--name", default="default")
     ap.add_argument("--holdout", type=float, default=0.25)
     ap.add_argument("--draws", type=int, default=2, help="Virtual experiments per training network.")
+    ap.add_argument("--drop-output-draws", type=int, default=1,
+                    help="More virtual experiments per training network, each without the output area.")
     ap.add_argument("--grid-units", default="10,30,64")
     ap.add_argument("--grid-sessions", default="3,5,10,21")
     ap.add_argument("--grid-noise", default=",".join(NOISE_LEVELS))
@@ -229,6 +235,10 @@ def main(argv=None) -> int:
             steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
             seed = int((args.seed * 1_000_003 + net_key[i] * 101 + d) % 2**32)
             out.append((f"{ids[i]}@train{d}-s{seed}", steps, seed))
+        for d in range(args.drop_output_draws):
+            steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
+            seed = int((args.seed * 1_000_003 + net_key[i] * 101 + 7_919 + d) % 2**32)
+            out.append((f"{ids[i]}@nooutput{d}-s{seed}", [NO_OUTPUT, *steps], seed))
         return out
 
     def training_set(mask: np.ndarray):
@@ -259,7 +269,7 @@ def main(argv=None) -> int:
             seeds = [int((7919 * net_key[i] + 31 * u + s) % 2**32) for _, u, s, _ in cell_steps]
             wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{seed}", steps, seed)
                        for (noise, u, s, steps), seed in zip(cell_steps, seeds, strict=True)]
-        return ids[i], wanted
+        return ids[i], [*wanted, (f"{ids[i]}@nooutput", [NO_OUTPUT], 0)]  # last: the recording without its output
 
     if args.featurise_only:  # fill --cache (e.g. while the estimator is still being changed), fit nothing
         idx = np.flatnonzero(~held)
@@ -303,6 +313,10 @@ def main(argv=None) -> int:
             str(c): float(np.mean(pred["rule"][truth["rule"] == c] == c)) for c in np.unique(truth["rule"])
         },
     }
+    no_out = est.predict_details_features(concat_rows([p[-1] for p in held_parts]))
+    pred_no_out = np.array([max(d["rule_probabilities"], key=d["rule_probabilities"].get) for d in no_out])
+    metrics["rule_accuracy_no_output"] = float(np.mean(pred_no_out == truth["rule"]))
+    metrics["rule_balanced_accuracy_no_output"] = balanced_accuracy(truth["rule"], pred_no_out)
     learned_held = table["learned"].values.astype(bool)[held_idx] if "learned" in table else None
     if learned_held is not None and learned_held.any():
         metrics["rule_balanced_accuracy_learned"] = balanced_accuracy(truth["rule"][learned_held], pred["rule"][learned_held])
@@ -345,7 +359,8 @@ def main(argv=None) -> int:
         commit=git_commit(REPO),
         estimator="rulefinder.classify.estimator.RuleIdentifier",
         description=f"RuleIdentifier({json.dumps(params)}) trained on the {spec.get('name') if spec else 'given'} zoo "
-        f"({ids.size} networks, full recordings plus {args.draws} virtual experiments each).",
+        f"({ids.size} networks, full recordings plus {args.draws} virtual experiments each, "
+        f"and {args.drop_output_draws} without the output area).",
         catalogue=catalogue_entries([e for e in catalogue() if e["id"] in known]),
         labels={t: [str(c) for c in est.classes_[t]] for t in TARGETS},
         zoo=ZooInfo(
