@@ -69,8 +69,8 @@ class Settings(BaseSettings):
         default=32,
         ge=0,
         le=1024,
-        description="Freed memory (MiB) a process computing features keeps for reuse instead of returning it to the "
-        "system (glibc's M_TRIM_THRESHOLD; arrays up to this size, at most 32, come from the heap: "
+        description="Freed memory (MiB) a process reading recordings or computing features keeps for reuse instead "
+        "of returning it to the system (glibc's M_TRIM_THRESHOLD; arrays up to this size, at most 32, come from the heap: "
         "M_MMAP_THRESHOLD). A prediction allocates and frees temporaries of a few MB, and getting pages back "
         "from the system costs about a tenth of its CPU time. 0 leaves the C allocator as it is.",
     )

@@ -19,7 +19,6 @@ Depth: ``depth`` is the area's position in ``area_order`` as a fraction (0 = inp
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 from collections.abc import Iterable, Sequence
@@ -33,6 +32,7 @@ from threadpoolctl import ThreadpoolController
 
 from rulefinder.features.resample import DEFAULT_N_TIMES, canonical_grid, resample, segments
 from rulefinder.features.statistics import STAT_NAMES, area_scale, session_statistics
+from rulefinder.memory import keep_freed_memory
 from rulefinder.recording.model import DIMS, areas_of, validate_recording
 
 log = logging.getLogger(__name__)
@@ -73,39 +73,15 @@ def _one_blas_thread():
 
     The controller (a scan of the loaded native libraries, ~10 ms) is made once per process:
     per call it cost a third of a single recording's prediction time. The first call also
-    tunes the C allocator (:func:`_keep_freed_memory`)."""
+    tunes the C allocator (:func:`rulefinder.memory.keep_freed_memory`)."""
     global _CONTROLLER
     if _CONTROLLER is None:
-        _keep_freed_memory()
+        keep_freed_memory()
         _CONTROLLER = ThreadpoolController()
     return _CONTROLLER.limit(limits=1, user_api="blas")
 
 
 _CONTROLLER: ThreadpoolController | None = None
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters
-_MMAP_THRESHOLD_MAX = 32 * 2**20  # glibc's ceiling on 64-bit systems
-
-
-def _keep_freed_memory() -> None:
-    """Let glibc keep up to ``RULEFINDER_ALLOCATOR_KEEP_MB`` of freed memory for reuse.
-
-    Feature arithmetic allocates and frees temporaries of a few MB per area; by default glibc
-    serves such blocks with fresh pages from the system (mmap, or the top of a heap it trims
-    back after every free), so each prediction page-faulted ~2,000 times, ~4 ms of system
-    CPU against ~30 ms of arithmetic. Kept for reuse, the same process faults about never and
-    its resident size stays at its peak (+4 MB measured on predictions). No effect where the C
-    library is not glibc (the call fails or is a no-op)."""
-    from rulefinder.settings import get_settings
-
-    keep = get_settings().allocator_keep_mb * 2**20
-    if keep <= 0:
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return
-    mallopt(_M_MMAP_THRESHOLD, min(keep, _MMAP_THRESHOLD_MAX))
-    mallopt(_M_TRIM_THRESHOLD, keep)
 
 
 def _compute(values: np.ndarray, session_time: np.ndarray, cols: list[np.ndarray], n_times: int) -> np.ndarray:

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import xarray as xr
 
+from rulefinder.memory import keep_freed_memory
 from rulefinder.recording.archive import check_declared_size, checked_members, open_zip, read_member
 from rulefinder.recording.errors import RecordingError, RecordingWarning
 from rulefinder.recording.model import make_recording
@@ -83,6 +84,7 @@ def load_npz(path: str | Path, *, source: str | None = None) -> xr.DataArray:
     parser, so that every way a damaged file fails is named (see ``archive.py``); nothing is
     ever unpickled.
     """
+    keep_freed_memory()  # inflated arrays are MBs: reused, not page-faulted in anew
     path = Path(path)
     src = source or str(path)
     if path.is_file():

@@ -18,6 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import xarray as xr
 
+from rulefinder.memory import keep_freed_memory
 from rulefinder.recording.archive import check_declared_size, checked_members, iter_member, open_zip
 from rulefinder.recording.errors import RecordingError, library_errors
 from rulefinder.recording.model import DIMS, make_recording
@@ -109,6 +110,7 @@ def _find_store_root(root: Path, src: str) -> Path:
 
 def load_zarr_zip(path: str | Path, *, source: str | None = None) -> xr.DataArray:
     """Read a ``.zarr.zip`` recording written by xarray (Zarr format 2 or 3)."""
+    keep_freed_memory()
     path = Path(path)
     src = source or str(path)
     with tempfile.TemporaryDirectory(prefix="rulefinder-zarr-") as tmp:
