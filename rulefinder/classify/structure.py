@@ -133,8 +133,8 @@ def _windows(res, values, unit_area, areas, order, pairs, valid) -> None:
         if len(order) > 1:  # this area's change regresses the next's, or the output's regresses it
             slots[("d", a)] = len(grams)
             grams.append(gram_d)
+        h1c[a] = h1  # the output area's: the read-out's target
         if a != out_area:  # the forward read-out from this area to the output
-            h1c[a] = h1
             slots[("h1", a)] = len(grams)
             grams.append(np.matmul(h1, h1.transpose(0, 2, 1)))
     if not grams:
@@ -143,14 +143,11 @@ def _windows(res, values, unit_area, areas, order, pairs, valid) -> None:
     part = {key: (inv[i * w : (i + 1) * w], lam[i * w : (i + 1) * w]) for key, i in slots.items()}
 
     out_inv, out_lam = part[("d", out_area)]
-    o1 = h1c_out = None
+    h1c_out = h1c[out_area]
     for a in areas:
         if a == out_area:
             continue
         ai = areas.index(a)
-        if h1c_out is None:
-            o1 = values[:, :, cols[out_area]]
-            h1c_out = _out_edge(o1, s1, has_nan)
         alpha = np.matmul(out_inv, dc[a])  # (W, K, N): backward map dO -> dH in dual form
         b = np.matmul(dc[out_area].transpose(0, 2, 1), alpha)  # (W, C, N)
         res[ai, 2, valid] = _loo_r2(alpha, out_inv, out_lam, dc[a])
@@ -168,17 +165,6 @@ def _windows(res, values, unit_area, areas, order, pairs, valid) -> None:
             d_inv, d_lam = part[("d", a)]
             y = dc[order[pos + 1]]
             res[ai, 6, valid] = _loo_r2(np.matmul(d_inv, y), d_inv, d_lam, y)
-
-
-def _out_edge(x: np.ndarray, s1: np.ndarray, has_nan: bool) -> np.ndarray:
-    """The output area's responses at the later edges, scaled and centred as in the loop."""
-    if has_nan:
-        x = _fill(x)
-    rms = np.sqrt(np.mean(x**2))
-    edges = x[s1]
-    if rms > _EPS:
-        edges = edges / rms
-    return _centre_stack(edges)
 
 
 def _centre_stack(m: np.ndarray) -> np.ndarray:
