@@ -8,7 +8,9 @@ loaded), ms_per_recording_p90, cpu_ms_per_recording (process CPU time: what one 
 less sensitive than wall time to other work on the machine), predict_only_ms (median, recording already in memory)
 and its CPU time cpu_predict_only_ms, model_load_ms (median of 5 fresh loads: hash check, skops load), model_bytes,
 open_set_reference (rows x dimensions of the unknown score's reference: bounded by the estimator's reference_size x
-n_components; models trained before that hold every training row unprojected). Target: ms_per_recording <= 30.
+n_components; models trained before that hold every training row unprojected), page_faults_per_recording (minor
+faults of load + predict: memory the C allocator got anew from the system; see RULEFINDER_ALLOCATOR_KEEP_MB).
+Target: ms_per_recording <= 30.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -59,6 +62,7 @@ def main() -> int:
         make_npz(path)
         predict_recordings([load_recording(path)], model=model)  # warm-up (imports, caches)
         total, only, cpu, cpu_only = [], [], [], []
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(args.repeats):
             c = time.process_time()
             t = time.perf_counter()
@@ -72,6 +76,7 @@ def main() -> int:
             cpu_only.append((c2 - c1) * 1e3)
             total.append((t2 - t) * 1e3)
             only.append((t2 - t1) * 1e3)
+        faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults) / args.repeats
     print(
         json.dumps(
             {
@@ -88,6 +93,7 @@ def main() -> int:
                 "model_load_ms": round(float(np.median(loads)), 1),
                 "model_bytes": sum(p.stat().st_size for p in model.path.iterdir()),
                 "open_set_reference": list(getattr(model.estimator, "reference_", np.empty((0, 0))).shape),
+                "page_faults_per_recording": round(faults, 1),
                 "target_ms_per_recording": 30,
             },
             indent=2,
