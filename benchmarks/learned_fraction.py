@@ -18,10 +18,16 @@ With ``--store URL`` it trains nothing and reads a zoo instead (e.g. the pipelin
 and training length of the networks in the store, as the store flagged them or, with
 ``--rejudge``, judged again against the bars shipped now (a store written before a task had
 its bar holds the fallback for it). Writes its own section (``learned-fraction-zoo`` markers).
+With ``--windows`` it instead finds, per rule and optimizer, the one-decade learning-rate window
+where the store's networks learn most (``learned-fraction-windows`` markers): where the default
+spec's ``hyperparameters.rule_lr`` windows come from. ``--around F`` trains each rule over its
+spec window widened F-fold on both sides and finds the best window in that
+(``learned-fraction-windows-around`` markers); ``--verify`` trains the spec as it is.
 
 Usage: python benchmarks/learned_fraction.py [--tasks digits] [--networks 8] [--rules a,b]
        [--reference training_zoo/learning_reference.json] [--from-json results.json]
-       python benchmarks/learned_fraction.py --store /path/zoo.zarr [--rejudge] [--name default]
+       python benchmarks/learned_fraction.py --store /path/zoo.zarr [--rejudge] [--name default] [--windows]
+       python benchmarks/learned_fraction.py --verify [--seed 1] | --around 3.16 [--optimizers sgd,momentum]
 """
 
 from __future__ import annotations
@@ -147,19 +153,22 @@ def render(results: dict) -> str:
         "learning-rate window (same cells, same draws)." if results.get("reference") == "self"
         else "training_zoo/learning_reference.json."),
         "",
-        "Reduced default-style zoo: the `default` spec's optimizers and draws, architectures "
+        f"Reduced default-style zoo: the `default` spec's optimizers and draws (spec seed {results.get('seed', 0)}), "
+        "architectures "
         + "; ".join(f"{a['family']} (depth {a.get('depth', '-')}, width {a.get('width', '-')})"
                     if a["family"] != "cnn" else f"cnn (channels {a.get('channels')})"
                     for a in results.get("architectures", [])) + ", on "
         + f"{', '.join(results['tasks'])}, {results['networks']} networks a shard, variants cycled over the "
-        + (f"cells, the spec's own learning-rate ranges and `rule_lr_scale` ({results['n_networks']} networks): "
+        + (f"cells, the spec's own learning-rate ranges, per-rule windows (`rule_lr`) and training lengths "
+           f"({results['n_networks']} networks): "
            "the fraction of each rule's networks the spec gives, every network counted (*learned* column; "
            "the scale columns do not apply). Fractions rest on few networks per cell (n shown): read them "
            "to +-0.15." if results.get("verify") else
            f"cells, learning-rate ranges widened {WIDEN:g}x on both sides ({results['n_networks']} networks). "
            "*At scale 1* counts the networks inside the spec's own two-decade window; *best scale* is the "
            "window (shifted by a power of sqrt(10)) with the largest learned fraction, the `rule_lr_scale` "
-           "per optimizer that zoo_specs/default.yaml takes from this run. Fractions rest on few networks "
+           "per optimizer this run suggests (the default spec now places one-decade windows instead, "
+           "`hyperparameters.rule_lr`: `--store ... --windows`, `--around`). Fractions rest on few networks "
            "per cell (n shown): read them to +-0.15."),
         "",
         "| rule | learned at scale 1 | learned at best scale (n) | best scale sgd / momentum / adam | by variant (best scale) | by arch family | by training length (epochs) |",
@@ -292,7 +301,7 @@ def render_store(results: dict) -> str:
 WIN_START, WIN_END = "<!-- learned-fraction-windows:start -->", "<!-- learned-fraction-windows:end -->"
 
 
-def analyse_windows(rows: list[dict], width: float = 1.0, step: float = 0.05) -> dict:
+def analyse_windows(rows: list[dict], width: float = 1.0, step: float = 0.05, margin: float = 0.2) -> dict:
     """Per rule and optimizer: the ``width``-decade learning-rate window where a zoo's networks
     learn most often, for ``rule_lr_window`` in a zoo spec.
 
@@ -300,7 +309,8 @@ def analyse_windows(rows: list[dict], width: float = 1.0, step: float = 0.05) ->
     their product smooths the noisy bins (a few hundred networks per rule and optimizer); each
     candidate window is scored by the mean predicted probability over it at the store's longest
     training length. The chosen window must lie within the learning rates the store drew: one
-    that touches the top (or bottom) of that range is flagged, since the optimum may lie beyond.
+    that ends within ``margin`` decades of the top (or bottom) of that range is flagged, since the
+    optimum may lie beyond (the quadratic bends down near an edge even where the data do not).
     ``observed`` is the plain fraction of the store's networks inside the window (all lengths,
     and the longer half)."""
     from sklearn.linear_model import LogisticRegression
@@ -337,26 +347,44 @@ def analyse_windows(rows: list[dict], width: float = 1.0, step: float = 0.05) ->
                 "epochs_at": e_top, "observed": _mean(list(y[inside])), "n": int(inside.sum()),
                 "observed_longer": _mean(list(y[longer])), "n_longer": int(longer.sum()),
                 "drawn": [float(10 ** lo), float(10 ** hi)], "fraction_drawn": float(y.mean()),
-                "edge": "top" if a + width >= hi - step / 2 else "bottom" if a <= lo + step / 2 else None,
+                "edge": "top" if a + width >= hi - margin else "bottom" if a <= lo + margin else None,
             }
     return out
 
 
+def _window_markers(around: bool) -> tuple[str, str]:
+    return tuple(m.replace("windows", "windows-around") for m in (WIN_START, WIN_END)) if around else (WIN_START, WIN_END)
+
+
 def render_windows(results: dict) -> str:
     w = results["windows"]
-    lines = [
-        WIN_START,
-        f"## Where in the learning-rate range the `{results['name']}` zoo learns (`--windows`)",
-        "",
-        f"Generated by `python benchmarks/learned_fraction.py --store ... --windows{' --rejudge' if results['rejudge'] else ''}` "
-        f"(commit {results['commit']}) from the store of the `{results['name']}` zoo ({results['n_networks']} networks). "
-        "Do not edit by hand.",
-        "",
+    around = results.get("around")
+    start, end = _window_markers(bool(around))
+    lines = [start]
+    if around:
+        lines += [
+            "## Around the default spec's windows: a training sweep (`--around`)",
+            "",
+            f"Generated by `python benchmarks/learned_fraction.py --around {around:g}` (commit {results['commit']}, "
+            f"{results['seconds'] / 60:.0f} min on this machine): the default spec's draws on {', '.join(results['tasks'])}, "
+            f"{results['networks']} networks a shard, optimizers {', '.join(results['optimizers'])}, each rule's "
+            f"learning-rate window widened {around:g}x on both sides ({results['n_networks']} networks, judged against "
+            "training_zoo/learning_reference.json). Do not edit by hand.",
+            ""]
+    else:
+        lines += [
+            f"## Where in the learning-rate range the `{results['name']}` zoo learns (`--windows`)",
+            "",
+            f"Generated by `python benchmarks/learned_fraction.py --store ... --windows{' --rejudge' if results['rejudge'] else ''}` "
+            f"(commit {results['commit']}) from the store of the `{results['name']}` zoo ({results['n_networks']} networks). "
+            "Do not edit by hand.",
+            ""]
+    lines += [
         "Per rule and optimizer, the one-decade window with the largest predicted learned fraction "
         "(logistic regression of `learned` on log10(lr), its square, the training length and their product; "
         "predicted at the store's longest runs, *predicted* column), the plain fraction of the store's networks "
         "inside it (all lengths / longer half, n), and the fraction over everything the store drew. *edge*: the "
-        "window touches the top or bottom of the drawn range, so the optimum may lie beyond it.",
+        "window ends within 0.2 decade of the top or bottom of the drawn range, so the optimum may lie beyond it.",
         "",
         "| rule | optimizer | drawn lr | learned over drawn | best window | predicted (epochs) | observed in window: all (n) / longer half (n) | edge |",
         "|---|---|---|---|---|---|---|---|",
@@ -367,7 +395,7 @@ def render_windows(results: dict) -> str:
                 f"| `{rule}` | {opt} | {c['drawn'][0]:.2g}-{c['drawn'][1]:.2g} | {c['fraction_drawn']:.2f} | "
                 f"{c['window'][0]:.2g}-{c['window'][1]:.2g} | {c['predicted']:.2f} ({c['epochs_at']:.1f}) | "
                 f"{c['observed']:.2f} ({c['n']}) / {c['observed_longer']:.2f} ({c['n_longer']}) | {c['edge'] or ''} |")
-    lines += ["", WIN_END, ""]
+    lines += ["", end, ""]
     return "\n".join(lines)
 
 
@@ -386,7 +414,7 @@ def main() -> None:
     p.add_argument("--max-depth", type=int, help="drop deeper options of the spec's architectures")
     p.add_argument("--out", default=str(ROOT / "docs" / "rules.md"))
     p.add_argument("--verify", action="store_true",
-                   help="train with the spec's own ranges and rule_lr_scale (no widening): the learned "
+                   help="train with the spec's own ranges, windows and scales (no widening): the learned "
                         "fraction the spec gives, all networks counted")
     p.add_argument("--save", help="also save the raw rows and the analysis as JSON here")
     p.add_argument("--from-json", help="re-render from this script's saved JSON")
@@ -396,6 +424,11 @@ def main() -> None:
     p.add_argument("--windows", action="store_true",
                    help="with --store: the one-decade learning-rate window per rule and optimizer where the "
                         "store's networks learn most (its own section of the page; the zoo section is left alone)")
+    p.add_argument("--around", type=float,
+                   help="train each rule over its spec window widened this factor on both sides (rules without "
+                        "one: the optimizer's range) and find the best one-decade window in it (--windows table)")
+    p.add_argument("--optimizers", help="comma-separated subset of the spec's optimizers")
+    p.add_argument("--seed", type=int, help="the spec seed (fresh cells and draws; default: the spec's own)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.store:
@@ -429,6 +462,10 @@ def main() -> None:
             spec["rule_lr_scale"] = {}
         if args.rules:
             spec["rules"] = args.rules.split(",")
+        if args.optimizers:
+            spec["optimizers"] = args.optimizers.split(",")
+        if args.seed is not None:
+            spec["seed"] = args.seed
         archs = [dict(a) for a in spec["architectures"]
                  if not args.families or a.get("family", "mlp") in args.families.split(",")]
         for a in archs:
@@ -437,7 +474,11 @@ def main() -> None:
             if args.max_depth and "depth" in a:
                 a["depth"] = [d for d in a["depth"] if d <= args.max_depth] or [min(a["depth"])]
         spec["architectures"] = archs
-        if not args.verify:
+        if args.around:
+            f, hp = args.around, spec["hyperparameters"]
+            spec["hyperparameters"] = dict(hp, lr={o: [v[0] / f, v[1] * f] for o, v in hp["lr"].items()}, rule_lr={
+                r: {o: [v[0] / f, v[1] * f] for o, v in per.items()} for r, per in (hp.get("rule_lr") or {}).items()})
+        elif not args.verify:
             # the sweep widens the optimizers' ranges for every rule alike: no per-rule windows
             spec["hyperparameters"] = dict(spec["hyperparameters"], rule_lr={}, lr={
                 o: [v[0] / WIDEN, v[1] * WIDEN] for o, v in spec["hyperparameters"]["lr"].items()})
@@ -468,12 +509,17 @@ def main() -> None:
                          f" {r['error']}" if r["error"] else "")
             if args.save and (i + 1) % 10 == 0:
                 Path(args.save).write_text(json.dumps({"rows": rows}))
-        results = {"tasks": spec["tasks"], "architectures": spec["architectures"], "reference": args.reference, "networks": args.networks, "n_networks": len(rows), "commit": commit,
+        results = {"tasks": spec["tasks"], "seed": int(spec.get("seed", 0)), "architectures": spec["architectures"], "reference": args.reference, "networks": args.networks, "n_networks": len(rows), "commit": commit,
                    "seconds": round(time.perf_counter() - t0, 1), "rows": rows,
                    "verify": args.verify, "analysis": analyse(rows, lr_lo, args.reference, args.verify)}
+        if args.around:  # analyse() judged the rows; the windows are what this mode is for
+            results.update(around=args.around, optimizers=spec["optimizers"], windows=analyse_windows(rows))
     if args.save:
         Path(args.save).write_text(json.dumps(results))
-    write_section(Path(args.out), render(results), bool(results.get("verify")))
+    if results.get("around"):
+        replace_section(Path(args.out), render_windows(results), *_window_markers(True))
+    else:
+        write_section(Path(args.out), render(results), bool(results.get("verify")))
     print(json.dumps({k: v for k, v in results.items() if k != "rows"}))
 
 

@@ -93,3 +93,45 @@ FROZEN = {"zoo10k": ("cbdbb509aea60cd1", "37b11fa5401e7c84"),
 def test_the_zoo10k_configs_expand_to_the_shards_their_store_holds(name):
     shards = expand_spec(load_config(f"pipelines/configs/{name}.yaml").zoo_spec())
     assert (_digest(shards, False), _digest(shards, True)) == FROZEN[name]
+
+
+def test_epochs_per_task_with_a_default_for_the_others():
+    spec = dict(BASE, tasks=["digits", "mnist1d"], hyperparameters=dict(
+        BASE["hyperparameters"], epochs={"digits": [10, 20], "default": [3, 4], "mnist5k_14": [1, 2]}))
+    # mnist5k_14 is not trained here: allowed, so a config may narrow an inherited spec's tasks
+    for s in expand_spec(spec):
+        lo, hi = (10, 20) if s.task == "digits" else (3, 4)
+        assert lo <= s.epochs <= hi, (s.shard_id, s.epochs)
+
+
+@pytest.mark.parametrize("epochs, match", [
+    ({"digitz": [1, 2], "default": [1, 2]}, "hyperparameters.epochs: 'digitz' is neither a task nor 'default'"),
+    ({"digits": [1, 2]}, "hyperparameters.epochs: no range for task 'mnist1d' and no 'default'"),
+    ({"digits": [3, 1], "default": [1, 2]}, r"hyperparameters.epochs.digits: expected \[low, high\]"),
+])
+def test_malformed_epochs_per_task_are_spec_errors_naming_the_field(epochs, match):
+    spec = dict(BASE, tasks=["digits", "mnist1d"], hyperparameters=dict(BASE["hyperparameters"], epochs=epochs))
+    with pytest.raises(SpecError, match=match):
+        expand_spec(spec)
+
+
+def test_the_windows_analysis_finds_where_a_store_learns_and_flags_an_edge():
+    """benchmarks/learned_fraction.py --windows: the one-decade window with most learners."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.learned_fraction import analyse_windows
+
+    rng = np.random.default_rng(0)
+    lrs = 10 ** rng.uniform(-4, 0, 800)  # four decades
+    eps = rng.uniform(1, 3, 800)
+    rows = [dict(rule="a", optimizer="sgd", lr=float(v), epochs=float(e), learned=bool(0.003 <= v <= 0.03))
+            for v, e in zip(lrs, eps)]
+    rows += [dict(rule="b", optimizer="sgd", lr=float(v), epochs=float(e), learned=bool(v >= 0.2))
+             for v, e in zip(lrs, eps)]
+    w = analyse_windows(rows)
+    lo, hi = w["a"]["sgd"]["window"]
+    assert abs(math.log10(lo) - math.log10(0.003)) < 0.3 and hi == pytest.approx(10 * lo)
+    assert w["a"]["sgd"]["observed"] > 0.8 and w["a"]["sgd"]["edge"] is None
+    assert w["b"]["sgd"]["edge"] == "top"  # the optimum may lie above what the store drew

@@ -102,13 +102,13 @@ def _list(v) -> list:
     return list(v) if isinstance(v, (list, tuple)) else [v]
 
 
-def _range(spec: dict, key: str, default) -> tuple[float, float]:
+def _range(spec: dict, key: str, default, field_name: str | None = None) -> tuple[float, float]:
     v = spec.get(key, default)
     v = _list(v)
     if len(v) == 1:
         v = [v[0], v[0]]
     if len(v) != 2 or not all(isinstance(x, (int, float)) for x in v) or v[0] > v[1]:
-        raise SpecError(f"hyperparameters.{key}: expected [low, high] numbers, found {v!r}")
+        raise SpecError(f"{field_name or 'hyperparameters.' + key}: expected [low, high] numbers, found {v!r}")
     return float(v[0]), float(v[1])
 
 
@@ -249,7 +249,7 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     for o in optimizers:
         if o not in lr_ranges:
             raise SpecError(f"hyperparameters.lr: no range for optimizer {o!r}")
-        _range(lr_ranges, o, None)
+        _range(lr_ranges, o, None, f"hyperparameters.lr.{o}")
     inits = _list(hp.get("init", list(INITS)))
     _check(inits, INITS, "hyperparameters.init")
     init_scale = _range(hp, "init_scale", [1.0, 1.0])
@@ -258,8 +258,14 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     epochs_spec = hp.get("epochs", [2, 2])
     task_epochs = epochs_spec if isinstance(epochs_spec, dict) else {}
     for t in task_epochs:
-        if t not in tasks:
-            raise SpecError(f"hyperparameters.epochs: task {t!r} is not among the spec's tasks")
+        # a task the spec does not train is allowed (a pipeline config may narrow the tasks), a typo is not
+        if t != "default" and (t not in tasks and parse_task_name(str(t))[0] not in TASKS):
+            raise SpecError(f"hyperparameters.epochs: {t!r} is neither a task nor 'default' "
+                            f"(tasks: {', '.join(map(str, tasks))})")
+        _range(task_epochs, t, None, f"hyperparameters.epochs.{t}")
+    for t in tasks if task_epochs else []:
+        if str(t) not in task_epochs and "default" not in task_epochs:
+            raise SpecError(f"hyperparameters.epochs: no range for task {t!r} and no 'default'")
     rule_lr_scale = spec.get("rule_lr_scale", {}) or {}
     rule_epochs_scale = spec.get("rule_epochs_scale", {}) or {}
     rule_lr_window = _rule_windows(hp.get("rule_lr", {}) or {}, rules, rule_lr_scale)
@@ -286,7 +292,8 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
         for oi, opt in enumerate(optimizers):
             lo, hi = _range(lr_ranges, opt, None)
             for ti, task in enumerate(tasks):
-                ep = _range(task_epochs, str(task), None) if task_epochs else _range(hp, "epochs", [2, 2])
+                ep = (_range(task_epochs, str(task) if str(task) in task_epochs else "default", None)
+                      if task_epochs else _range(hp, "epochs", [2, 2]))
                 for rep in range(per_cell):
                     rng = np.random.default_rng([seed, oi, ti, ai, rep])
                     draws = _draw_cell(rng, arch, family, n_net, lo, hi, inits, init_scale,
