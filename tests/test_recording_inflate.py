@@ -1,5 +1,6 @@
-"""Deflated ``.npz`` members are inflated by libdeflate in one call (``archive.read_member``):
-the same arrays as :mod:`zipfile`'s stream, and every damage that stream names is named too."""
+"""Stored and deflated ``.npz`` members are read (and inflated by libdeflate) in one call
+(``archive.read_member``): the same arrays as :mod:`zipfile`'s stream, and every damage that
+stream names is named too."""
 
 from __future__ import annotations
 
@@ -23,9 +24,24 @@ def path_kind(request, monkeypatch):
     return request.param
 
 
-def _saved(tmp_path) -> tuple:
-    p = save_npz(REC, tmp_path / "r.npz")
-    return p, bytearray(p.read_bytes())
+@pytest.fixture(params=["deflated", "stored"])
+def stored(request) -> bool:
+    return request.param == "stored"
+
+
+@pytest.fixture
+def saved(tmp_path, stored):
+    def save() -> tuple:
+        p = tmp_path / "r.npz"
+        if stored:  # np.savez: members stored, as the service's load test uploads them
+            from rulefinder.recording.npz import recording_to_npz_arrays
+
+            np.savez(p, **recording_to_npz_arrays(REC))
+        else:
+            save_npz(REC, p)
+        return p, bytearray(p.read_bytes())
+
+    return save
 
 
 def _patch_u32(raw: bytearray, name: bytes, local_offset: int, central_offset: int, value: int) -> None:
@@ -50,15 +66,15 @@ def _error(p) -> str:
     return str(info.value)
 
 
-def test_both_paths_read_the_same_recording(tmp_path, path_kind):
-    p, _ = _saved(tmp_path)
+def test_both_paths_read_the_same_recording(tmp_path, path_kind, saved):
+    p, _ = saved()
     back = load_npz(p)
     np.testing.assert_array_equal(back.values, REC.values)
     assert back.attrs["area_order"] == ["a", "b"]
 
 
-def test_a_wrong_crc_is_named(tmp_path, path_kind):
-    p, raw = _saved(tmp_path)
+def test_a_wrong_crc_is_named(tmp_path, path_kind, saved):
+    p, raw = saved()
     crc = _field(raw, b"responses.npy", 16)
     _patch_u32(raw, b"responses.npy", 14, 16, crc ^ 1)
     p.write_bytes(bytes(raw))
@@ -66,16 +82,16 @@ def test_a_wrong_crc_is_named(tmp_path, path_kind):
     assert "damaged archive" in message and "'responses.npy'" in message and "bad CRC-32" in message, message
 
 
-def test_a_member_shorter_than_declared_is_judged_by_its_crc(tmp_path, path_kind):
-    p, raw = _saved(tmp_path)
+def test_a_member_shorter_than_declared_is_judged_by_its_crc(tmp_path, path_kind, saved):
+    p, raw = saved()
     size = _field(raw, b"responses.npy", 24)
     _patch_u32(raw, b"responses.npy", 22, 24, size + 8)
     p.write_bytes(bytes(raw))
     np.testing.assert_array_equal(load_npz(p).values, REC.values)  # as zipfile's stream does
 
 
-def test_a_member_longer_than_declared_stops_at_the_declared_size(tmp_path, path_kind):
-    p, raw = _saved(tmp_path)
+def test_a_member_longer_than_declared_stops_at_the_declared_size(tmp_path, path_kind, saved):
+    p, raw = saved()
     _patch_u32(raw, b"responses.npy", 22, 24, 100)
     p.write_bytes(bytes(raw))
     message = _error(p)  # zipfile: the CRC of the first 100 bytes fails; libdeflate: no room
