@@ -31,7 +31,7 @@ def keep_freed_memory() -> None:
         return
     try:
         mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):  # no C library handle, or no mallopt in it
         return
     mallopt(M_MMAP_THRESHOLD, min(keep, MMAP_THRESHOLD_MAX))
     mallopt(M_TRIM_THRESHOLD, keep)
