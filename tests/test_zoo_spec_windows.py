@@ -135,3 +135,24 @@ def test_the_windows_analysis_finds_where_a_store_learns_and_flags_an_edge():
     assert abs(math.log10(lo) - math.log10(0.003)) < 0.3 and hi == pytest.approx(10 * lo)
     assert w["a"]["sgd"]["observed"] > 0.8 and w["a"]["sgd"]["edge"] is None
     assert w["b"]["sgd"]["edge"] == "top"  # the optimum may lie above what the store drew
+
+
+def test_zoo15k_is_zoo10k_cells_at_the_default_specs_windows_and_lengths():
+    """pipelines/configs/zoo15k.yaml (issue #12's zoo at issue #7's settings): the same cells and
+    size as zoo10k, shard ids apart from it, every learning rate inside its rule's window and
+    every run as long as the default spec says."""
+    new = expand_spec(load_config("pipelines/configs/zoo15k.yaml").zoo_spec())
+    old = expand_spec(load_config("pipelines/configs/zoo10k.yaml").zoo_spec())
+    # shapes, and which variant meets which cell, are drawn per seed
+    cell = lambda s: (s.rule, s.optimizer, s.task, s.arch["family"])  # noqa: E731
+    assert sorted(map(cell, new)) == sorted(map(cell, old))
+    assert {(s.rule, s.variant) for s in new} == {(s.rule, s.variant) for s in old}
+    assert sum(len(s.lrs) for s in new) == sum(len(s.lrs) for s in old) == 15_552
+    assert all(s.shard_id.endswith(".s2") for s in new)
+    assert not {s.shard_id for s in new} & {s.shard_id for s in old}
+    hp = load_spec("default")["hyperparameters"]
+    for s in new:
+        lo, hi = hp.get("rule_lr", {}).get(s.rule, {}).get(s.optimizer, hp["lr"][s.optimizer])
+        assert all(lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9) for lr in s.lrs), (s.shard_id, s.lrs, lo, hi)
+    digits = [s.epochs for s in new if s.task == "digits" and s.rule != "node_perturbation"]
+    assert min(digits) >= 10 and max(digits) <= 20
