@@ -138,3 +138,18 @@ def test_no_learning_visible_when_change_is_only_session_noise():
     assert no_learning(rec) is None
     for control in negative_controls(rec, seed=3):
         assert "neighbouring sessions" in (no_learning(control) or "")
+
+
+def test_no_learning_check_with_most_sessions_unchanged_warns_nothing(recwarn):
+    """Most neighbouring sessions identical (the median step is 0) while the first and last
+    differ: learning is visible, and no overflow or division warning is raised."""
+    from rulefinder.classify.predict import no_learning
+    from rulefinder.recording import make_recording
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(1, 8, 6))
+    values = np.repeat(base, 9, axis=0)
+    values[5:] += 1e5 * rng.normal(size=(1, 8, 6))  # one jump, then unchanged again
+    rec = make_recording(values, unit_area=np.array(["a"] * 3 + ["b"] * 3), area_order=["a", "b"])
+    assert no_learning(rec) is None
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]

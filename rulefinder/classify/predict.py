@@ -10,6 +10,8 @@ model's training recordings: :func:`training_range_warnings`).
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -165,7 +167,10 @@ def _no_learning(rec: xr.DataArray) -> str | None:
     if x.shape[0] >= 3:
         z = np.nan_to_num(x) if has_nan else x  # (a valid recording holds no inf)
         steps = ((z[1:] - z[:-1]) ** 2).sum(axis=(1, 2))
-        ratio = float(((z[-1] - z[0]) ** 2).sum() / max(float(np.median(steps)), 1e-300))
+        change, step = float(((z[-1] - z[0]) ** 2).sum()), float(np.median(steps))
+        # most neighbouring sessions identical (a step schedule, repeated checkpoints): any
+        # first-to-last change is then infinitely more than the typical step
+        ratio = change / step if step > 0 else (math.inf if change > 0 else 0.0)
         if ratio < NO_DRIFT_RATIO:
             return (f"the first and last sessions differ {ratio:.2f}x as much as neighbouring sessions do "
                     "(change indistinguishable from session-to-session noise)")
