@@ -313,8 +313,8 @@ def main(argv=None) -> int:
             str(c): float(np.mean(pred["rule"][truth["rule"] == c] == c)) for c in np.unique(truth["rule"])
         },
     }
-    no_out = est.predict_details_features(concat_rows([p[-1] for p in held_parts]))
-    pred_no_out = np.array([max(d["rule_probabilities"], key=d["rule_probabilities"].get) for d in no_out])
+    p_no_out = est.predict_proba_features(concat_rows([p[-1] for p in held_parts]))["rule"]  # as the grid cells below
+    pred_no_out = est.classes_["rule"][p_no_out.argmax(axis=1)]
     metrics["rule_accuracy_no_output"] = float(np.mean(pred_no_out == truth["rule"]))
     metrics["rule_balanced_accuracy_no_output"] = balanced_accuracy(truth["rule"], pred_no_out)
     learned_held = table["learned"].values.astype(bool)[held_idx] if "learned" in table else None

@@ -11,9 +11,8 @@ model's training recordings: :func:`training_range_warnings`).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import xarray as xr
@@ -50,6 +49,7 @@ class RecordingSize:
     units: int  # in the smallest area
     sessions: int
     smallest_area: str
+    area_units: dict[str, int] = field(default_factory=dict, compare=False)  # units per area, in area order
 
 
 def recording_size(rec: xr.DataArray) -> RecordingSize:
@@ -57,7 +57,7 @@ def recording_size(rec: xr.DataArray) -> RecordingSize:
     unit_area = rec.coords["unit_area"].values
     counts = {a: int(np.sum(unit_area == a)) for a in areas}
     smallest = min(counts, key=counts.get)
-    return RecordingSize(units=counts[smallest], sessions=int(rec.sizes["session"]), smallest_area=smallest)
+    return RecordingSize(units=counts[smallest], sessions=int(rec.sizes["session"]), smallest_area=smallest, area_units=counts)
 
 
 def expected_accuracy(card: ModelCard, units: int, sessions: int, noise: str) -> tuple[AccuracyCell | None, list[str]]:
@@ -130,9 +130,7 @@ def training_range_warnings(rec: xr.DataArray, card: ModelCard, size: RecordingS
         out.append(f"{OUTSIDE_TRAINING}: {size.sessions} sessions, while training recordings of model "
                    f"{card.name!r} had at most {checkpoints}")
     if isinstance(per_layer, int):
-        unit_area = rec.coords["unit_area"].values
-        big = {a: int(np.sum(unit_area == a)) for a in areas_of(rec)}
-        big = {a: n for a, n in big.items() if n > per_layer}
+        big = {a: n for a, n in size.area_units.items() if n > per_layer}
         if big:
             listed = ", ".join(f"{a!r} {n}" for a, n in big.items())
             out.append(f"{OUTSIDE_TRAINING}: units per area {listed}, while training recordings of model "
