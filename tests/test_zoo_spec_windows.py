@@ -83,14 +83,16 @@ def _digest(shards, floats: bool) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:16]
 
 
-#: The zoo10k store (/work/runs/zoo10k.zarr) was trained with these expansions; a change to the
-#: default spec must not move them, or the store stops being resumable with the same shards.
+#: The zoo10k and zoo15k stores (/work/runs/zoo10k.zarr, /work/runs/zoo15k.zarr) were trained
+#: with these expansions; a change to the default spec must not move them, or the stores stop
+#: being resumable with the same shards (their configs pin the hyperparameters they were trained with).
 FROZEN = {"zoo10k": ("cbdbb509aea60cd1", "37b11fa5401e7c84"),
-          "zoo10k-seed1": ("22bbb3a2177598c2", "b213a23bee2360e4")}
+          "zoo10k-seed1": ("22bbb3a2177598c2", "b213a23bee2360e4"),
+          "zoo15k": ("7c0fd1e4132d702d", "745e9896da0c4c46")}
 
 
 @pytest.mark.parametrize("name", sorted(FROZEN))
-def test_the_zoo10k_configs_expand_to_the_shards_their_store_holds(name):
+def test_the_pinned_zoo_configs_expand_to_the_shards_their_store_holds(name):
     shards = expand_spec(load_config(f"pipelines/configs/{name}.yaml").zoo_spec())
     assert (_digest(shards, False), _digest(shards, True)) == FROZEN[name]
 
@@ -137,11 +139,12 @@ def test_the_windows_analysis_finds_where_a_store_learns_and_flags_an_edge():
     assert w["b"]["sgd"]["edge"] == "top"  # the optimum may lie above what the store drew
 
 
-def test_zoo15k_is_zoo10k_cells_at_the_default_specs_windows_and_lengths():
-    """pipelines/configs/zoo15k.yaml (issue #12's zoo at issue #7's settings): the same cells and
-    size as zoo10k, shard ids apart from it, every learning rate inside its rule's window and
-    every run as long as the default spec says."""
-    new = expand_spec(load_config("pipelines/configs/zoo15k.yaml").zoo_spec())
+def test_zoo15k_is_zoo10k_cells_at_its_pinned_windows_and_lengths():
+    """pipelines/configs/zoo15k.yaml (issue #12's zoo at issue #7's settings of e307786, pinned in
+    the config): the same cells and size as zoo10k, shard ids apart from it, every learning rate
+    inside its rule's window and every run as long as the pinned epochs say."""
+    spec15 = load_config("pipelines/configs/zoo15k.yaml").zoo_spec()
+    new = expand_spec(spec15)
     old = expand_spec(load_config("pipelines/configs/zoo10k.yaml").zoo_spec())
     # shapes, and which variant meets which cell, are drawn per seed
     cell = lambda s: (s.rule, s.optimizer, s.task, s.arch["family"])  # noqa: E731
@@ -150,7 +153,7 @@ def test_zoo15k_is_zoo10k_cells_at_the_default_specs_windows_and_lengths():
     assert sum(len(s.lrs) for s in new) == sum(len(s.lrs) for s in old) == 15_552
     assert all(s.shard_id.endswith(".s2") for s in new)
     assert not {s.shard_id for s in new} & {s.shard_id for s in old}
-    hp = load_spec("default")["hyperparameters"]
+    hp = spec15["hyperparameters"]
     for s in new:
         lo, hi = hp.get("rule_lr", {}).get(s.rule, {}).get(s.optimizer, hp["lr"][s.optimizer])
         assert all(lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9) for lr in s.lrs), (s.shard_id, s.lrs, lo, hi)
