@@ -480,7 +480,7 @@ def main() -> None:
                 r: {o: [v[0] / f, v[1] * f] for o, v in per.items()} for r, per in (hp.get("rule_lr") or {}).items()})
         elif not args.verify:
             # the sweep widens the optimizers' ranges for every rule alike: no per-rule windows
-            spec["hyperparameters"] = dict(spec["hyperparameters"], rule_lr={}, lr={
+            spec["hyperparameters"] = dict(spec["hyperparameters"], rule_lr={}, task_lr_scale={}, lr={
                 o: [v[0] / WIDEN, v[1] * WIDEN] for o, v in spec["hyperparameters"]["lr"].items()})
         shards = expand_spec(spec)
         # the rules are imported now: the commit they come from (and whether the tree had edits)

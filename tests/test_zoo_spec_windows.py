@@ -41,10 +41,38 @@ def test_the_default_spec_draws_every_windowed_rule_inside_its_window():
     spec = load_spec("default")
     windows = spec["hyperparameters"]["rule_lr"]
     assert "backprop" in windows  # the yardstick is placed too
+    task_scale = spec["hyperparameters"].get("task_lr_scale", {})
     for s in expand_spec(spec):
         w = windows.get(s.rule, {}).get(s.optimizer)
         lo, hi = w if w else spec["hyperparameters"]["lr"][s.optimizer]
-        assert all(lo * (1 - 1e-9) <= v <= hi * (1 + 1e-9) for v in s.lrs), (s.shard_id, lo, hi)
+        f = task_scale.get(s.task, {}).get(s.optimizer, 1.0)
+        assert all(lo * f * (1 - 1e-9) <= v <= hi * f * (1 + 1e-9) for v in s.lrs), (s.shard_id, lo, hi, f)
+
+
+def test_a_task_scale_moves_every_rules_draws_of_that_task_alike():
+    spec = dict(BASE, tasks=["digits", "mnist1d"])
+    plain = {s.shard_id: s for s in expand_spec(_with_windows({"feedback_alignment": {"sgd": [0.05, 0.5]}}, tasks=spec["tasks"]))}
+    moved = {s.shard_id: s for s in expand_spec(dict(spec, hyperparameters=dict(
+        BASE["hyperparameters"], rule_lr={"feedback_alignment": {"sgd": [0.05, 0.5]}},
+        task_lr_scale={"mnist1d": {"sgd": 2}, "digits": 0.5})))}
+    assert plain.keys() == moved.keys()
+    for k, s in moved.items():
+        f = 2.0 if (s.task, s.optimizer) == ("mnist1d", "sgd") else 0.5 if s.task == "digits" else 1.0
+        np.testing.assert_allclose(s.lrs, np.asarray(plain[k].lrs) * f, rtol=1e-12)
+        assert {a: b for a, b in s.to_dict().items() if a != "lrs"} == {a: b for a, b in plain[k].to_dict().items() if a != "lrs"}
+
+
+@pytest.mark.parametrize("scale, match", [
+    ({"mnist_1d": 2}, "hyperparameters.task_lr_scale: 'mnist_1d' is not a task"),
+    ({"mnist1d": {"rmsprop": 2}}, "hyperparameters.task_lr_scale.mnist1d: unknown value 'rmsprop'"),
+    ({"mnist1d": {"sgd": 0}}, r"hyperparameters.task_lr_scale.mnist1d.sgd: expected a positive number, found 0"),
+    ({"mnist1d": "2"}, r"hyperparameters.task_lr_scale.mnist1d.sgd: expected a positive number, found '2'"),
+    ([2], "hyperparameters.task_lr_scale: expected a mapping task"),
+])
+def test_malformed_task_scales_are_spec_errors_naming_the_field(scale, match):
+    spec = dict(BASE, tasks=["digits", "mnist1d"], hyperparameters=dict(BASE["hyperparameters"], task_lr_scale=scale))
+    with pytest.raises(SpecError, match=match):
+        expand_spec(spec)
 
 
 @pytest.mark.parametrize("windows, match", [

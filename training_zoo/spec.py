@@ -9,7 +9,7 @@ classifier has to learn the rule, not the circumstances:
   scale, training length, checkpoint spacing;
 - per network: learning rate (log-uniform over the optimizer's range, times the rule's
   ``rule_lr_scale``, or placed at the same quantile of the rule's own window,
-  ``hyperparameters.rule_lr``),
+  ``hyperparameters.rule_lr``; then times the task's ``hyperparameters.task_lr_scale``),
   init scheme, init scale, init seed;
 - per rule: the implementation variant (``variants``), crossed with the cells.
 
@@ -176,6 +176,26 @@ def _rule_windows(table, rules: list[str], rule_lr_scale: dict) -> dict[tuple[st
     return out
 
 
+def _task_scales(table, tasks: list) -> dict[tuple[str, str], float]:
+    """(task, optimizer) -> factor from ``hyperparameters.task_lr_scale: {task: factor | {optimizer: factor}}``:
+    a task whose networks of every rule learn best lower (or higher) in their windows moves them all."""
+    if not isinstance(table, dict):
+        raise SpecError(f"hyperparameters.task_lr_scale: expected a mapping task -> factor or "
+                        f"{{optimizer: factor}}, found {table!r}")
+    out = {}
+    for t, v in table.items():
+        # a task the spec does not train is allowed (a pipeline config may narrow the tasks), a typo is not
+        if t not in map(str, tasks) and parse_task_name(str(t))[0] not in TASKS:
+            raise SpecError(f"hyperparameters.task_lr_scale: {t!r} is not a task (tasks: {', '.join(map(str, tasks))})")
+        per = v if isinstance(v, dict) else {o: v for o in OPTIMIZERS}
+        for o, x in per.items():
+            _check([o], OPTIMIZERS, f"hyperparameters.task_lr_scale.{t}")
+            if isinstance(x, bool) or not isinstance(x, (int, float)) or not x > 0:
+                raise SpecError(f"hyperparameters.task_lr_scale.{t}.{o}: expected a positive number, found {x!r}")
+            out[(str(t), o)] = float(x)
+    return out
+
+
 def _in_window(lrs: list[float], lo: float, hi: float, window: tuple[float, float]) -> list[float]:
     """The cell's learning rates moved to ``window`` at the same log-quantile of the cell's range
     ``[lo, hi]``: every rule's i-th network sits equally high in its own window."""
@@ -266,6 +286,7 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
     for t in tasks if task_epochs else []:
         if str(t) not in task_epochs and "default" not in task_epochs:
             raise SpecError(f"hyperparameters.epochs: no range for task {t!r} and no 'default'")
+    task_lr_scale = _task_scales(hp.get("task_lr_scale", {}) or {}, tasks)
     rule_lr_scale = spec.get("rule_lr_scale", {}) or {}
     rule_epochs_scale = spec.get("rule_epochs_scale", {}) or {}
     rule_lr_window = _rule_windows(hp.get("rule_lr", {}) or {}, rules, rule_lr_scale)
@@ -323,6 +344,8 @@ def expand_spec(spec: str | Path | dict) -> list[Shard]:
                 lrs = [v * lr_scale for v in d["lrs"]]
                 if (rule, opt) in rule_lr_window:
                     lrs = _in_window(d["lrs"], *_range(lr_ranges, opt, None), rule_lr_window[(rule, opt)])
+                # after the rule's window: the task moves every rule's draws alike (no confound)
+                lrs = [v * task_lr_scale.get((task, opt), 1.0) for v in lrs]
                 ep_scale = _rule_scale(rule_epochs_scale, rule, opt, "rule_epochs_scale")
                 shards.append(Shard(
                     # A spec seed other than 0 names its shards apart, so zoos expanded from
