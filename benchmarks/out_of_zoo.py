@@ -583,16 +583,19 @@ DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED = 0.2, 0
 
 
 def heldout_zoo(store_url: str, loaded):
-    """The zoo store, its network table and the mask of the model's held-out networks."""
+    """The model's zoo (``store_url``: one store, or several separated by commas, in the
+    order given to train_default.py), its network table, the mask of the model's held-out
+    networks and a function from a table position to that network's recording."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from train_default import load_zoo
+    from train_default import load_zoos
 
-    store, table, held = load_zoo(store_url, 0, DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED)
+    stores, table, held = load_zoos(store_url.split(","), 0, DEFAULT_HOLDOUT, DEFAULT_SPLIT_SEED)
     n_train = int((~held).sum())
     if n_train != loaded.card.n_networks:
         raise ValueError(f"{store_url}: the split gives {n_train} training networks, model {loaded.ref.name!r} "
                          f"was trained on {loaded.card.n_networks}: not the model's zoo or split")
-    return store, table, held
+    ids, store_of = table["network"].values.astype(str), table["store"].values.astype(int)
+    return table, held, lambda i: stores[store_of[i]].recording(str(ids[i]))
 
 
 def zoo_variant_check(store_url: str, rules=("backprop", "equilibrium_propagation"), model=None) -> dict:
@@ -601,14 +604,13 @@ def zoo_variant_check(store_url: str, rules=("backprop", "equilibrium_propagatio
     output neurons or a read-out), so this shows how much of a rule's in-zoo accuracy is read
     off its output units."""
     loaded = resolve_model(model)
-    store, table, held = heldout_zoo(store_url, loaded)
-    ids = table["network"].values.astype(str)
+    table, held, recording = heldout_zoo(store_url, loaded)
     rule_of, variants = table["rule"].values.astype(str), table["variant"].values.astype(str)
     out = {}
     for rule in rules:
         for v in np.unique(variants[rule_of == rule]):
-            own = ids[held & (rule_of == rule) & (variants == v)]
-            res = predict_recordings([store.recording(str(i)) for i in own], model=loaded)
+            own = np.flatnonzero(held & (rule_of == rule) & (variants == v))
+            res = predict_recordings([recording(i) for i in own], model=loaded)
             out[f"{rule}/{v}"] = {"n": len(res), "rule_accuracy": round(float(np.mean([r.top_rule == rule for r in res])), 3),
                                   "named": dict(Counter(r.top_rule for r in res).most_common(3))}
     return out
@@ -622,15 +624,14 @@ def zoo_output_area_check(store_url: str, per_rule: int, model=None, seed: int =
     from rulefinder.virtual import VirtualExperiment
 
     loaded = resolve_model(model)
-    store, table, held = heldout_zoo(store_url, loaded)
-    ids = table["network"].values.astype(str)
+    table, held, recording = heldout_zoo(store_url, loaded)
     rules, variants = table["rule"].values.astype(str), table["variant"].values.astype(str)
     rng = np.random.default_rng(seed)
     drop = VirtualExperiment([{"op": "drop_areas", "areas": ["output"]}], seed=seed)
     out = {}
     for rule in (*RULES, "equilibrium_propagation"):
-        own = ids[held & (rules == rule) & (variants == "default")]
-        recs = [store.recording(str(i)) for i in rng.choice(own, min(per_rule, own.size), replace=False)]
+        own = np.flatnonzero(held & (rules == rule) & (variants == "default"))
+        recs = [recording(i) for i in rng.choice(own, min(per_rule, own.size), replace=False)]
         out[rule] = {}
         for name, rs in (("full", recs), ("output area dropped", [drop.apply(r) for r in recs])):
             res = predict_recordings(rs, model=loaded)
@@ -653,7 +654,8 @@ def main(argv=None) -> int:
     ap.add_argument("--diagnose", action="store_true", help="Also run the nuisance sweep on example-like backprop networks.")
     ap.add_argument("--seeds", type=int, default=8, help="Networks per nuisance in the sweep.")
     ap.add_argument("--zoo-rows", help="The zoo's feature-row cache (read only) for the feature comparison.")
-    ap.add_argument("--zoo-store", help="The zoo store (read only): its networks with and without the output area.")
+    ap.add_argument("--zoo-store", help="The model's zoo store (read only; several separated by commas, in train_default.py's order): "
+                    "its held-out networks with and without the output area.")
     ap.add_argument("--zoo-networks", type=int, default=24, help="Zoo networks per rule for --zoo-store.")
     args = ap.parse_args(argv)
     configs = draw_configs(args.per_rule, args.seed)

@@ -4,10 +4,17 @@
         --store runs/probe.zarr --spec ../shared/research/probe.yaml \
         --out rulefinder/classify/models/default
 
+``--store`` (with its ``--spec``) may be given several times: the zoos' networks are pooled, a
+zoo grown in several runs or at several settings (network ids must not repeat across stores).
+
 Steps (all seeded by --seed):
 
 1. The store's complete, non-diverged networks; per rule, ``--holdout`` of its shards are held
-   out (never one shard on both sides).
+   out (never one shard on both sides). With several stores the first store's split is exactly
+   the split it would get alone, and a later store's shard goes with the first store's shard of
+   the same name up to its spec-seed suffix (``<cell>.r1.s2`` with ``<cell>.r1``: same rule,
+   optimizer, task, architecture and replicate on the same side); shards without a counterpart
+   are drawn at the same rate.
 2. Training recordings: each training network's full recording plus ``--draws`` virtual
    experiments drawn from the evaluation grid's range (units per area, sessions, noise), so the
    model sees what it will be shown, plus ``--drop-output-draws`` more such draws with the
@@ -48,6 +55,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 import xarray as xr
 import yaml
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,22 +97,23 @@ def experiment(units: int | None, sessions: int | None, noise: str) -> list[dict
 _WORKER: dict = {}
 
 
-def _init_worker(store_url: str, n_times: int, feature_set: str, cache_dir: str | None) -> None:
+def _init_worker(store_urls: list[str], n_times: int, feature_set: str, cache_dir: str | None) -> None:
     _WORKER.update(
-        store=ZooStore.open(store_url, consolidated=False), n_times=n_times, feature_set=feature_set,
+        stores=[ZooStore.open(u, consolidated=False) for u in store_urls], n_times=n_times, feature_set=feature_set,
         names=area_feature_names(n_times, feature_set),
         root=rows_dir(cache_dir, n_times, feature_set) if cache_dir else None,
     )
 
 
-def _featurise(job: tuple[str, list[tuple[str, list[dict], int]]]) -> list[xr.DataArray]:
-    """Rows of one network's recordings: ``job`` = (network id, [(cache key, virtual-experiment
-    steps, seed), ...]); no steps = the full recording. Cached per key when a cache is given."""
-    nid, wanted = job
+def _featurise(job: tuple[int, str, list[tuple[str, list[dict], int]]]) -> list[xr.DataArray]:
+    """Rows of one network's recordings: ``job`` = (store index, network id, [(cache key,
+    virtual-experiment steps, seed), ...]); no steps = the full recording. Cached per key when a
+    cache is given."""
+    which, nid, wanted = job
     root, names = _WORKER["root"], _WORKER["names"]
     out: list[xr.DataArray | None] = [load_rows(root, key, names) if root else None for key, _, _ in wanted]
     if any(part is None for part in out):
-        rec = _WORKER["store"].recording(nid)
+        rec = _WORKER["stores"][which].recording(nid)
         todo = [i for i, part in enumerate(out) if part is None]
         seen = [VirtualExperiment(wanted[i][1], seed=wanted[i][2]).apply(rec) if wanted[i][1] else rec for i in todo]
         rows = area_feature_rows(seen, n_times=_WORKER["n_times"], feature_set=_WORKER["feature_set"])
@@ -122,8 +131,8 @@ class Featuriser:
     (spawned, since the store's event-loop thread does not survive a fork; starting one costs
     seconds of imports)."""
 
-    def __init__(self, store_url: str, est: RuleIdentifier, cache_dir: str | None, n_jobs: int):
-        self.args = (store_url, est.n_times, est.feature_set, cache_dir)
+    def __init__(self, store_urls: list[str], est: RuleIdentifier, cache_dir: str | None, n_jobs: int):
+        self.args = (list(store_urls), est.n_times, est.feature_set, cache_dir)
         self.pool = None
         if n_jobs > 1:
             ctx = multiprocessing.get_context("spawn")
@@ -167,6 +176,52 @@ def load_zoo(url: str, max_networks: int, holdout: float, seed: int):
     return store, table, split_shards(table, holdout, seed)
 
 
+def base_shard(shard: str) -> str:
+    """A shard's name without its spec-seed suffix (``<cell>.r1.s2`` -> ``<cell>.r1``)."""
+    head, _, last = shard.rpartition(".")
+    return head if head and last[:1] == "s" and last[1:].isdigit() else shard
+
+
+def load_zoos(urls: list[str], max_networks: int, holdout: float, seed: int):
+    """:func:`load_zoo` over several stores: their tables pooled (variable ``store``: the index
+    into ``urls``) and one held-out mask. The first store's split is its own split alone; a
+    later store's shard is held out when the first store's shard of the same base name is,
+    and drawn at ``holdout`` per rule when that shard is absent."""
+    first_store, first, held0 = load_zoo(urls[0], max_networks, holdout, seed)
+    stores, tables, helds = [first_store], [first], [held0]
+    side = dict(zip(first["shard"].values.astype(str), held0.tolist()))
+    for k, url in enumerate(urls[1:], start=1):
+        store, table, own = load_zoo(url, max_networks, holdout, seed + k)
+        shards = table["shard"].values.astype(str)
+        base = np.array([base_shard(s) for s in shards])
+        matched = np.isin(base, list(side))
+        held = np.where(matched, [side.get(b, False) for b in base], own)
+        stores.append(store), tables.append(table), helds.append(np.asarray(held, dtype=bool))
+    for k, t in enumerate(tables):
+        tables[k] = t.assign(store=("sample", np.full(t.sizes["sample"], k)))
+    table = xr.concat(tables, dim="sample") if len(tables) > 1 else tables[0]
+    table = table.assign_coords(sample=np.arange(table.sizes["sample"]))
+    ids = table["network"].values.astype(str)
+    uniq, counts = np.unique(ids, return_counts=True)
+    if (counts > 1).any():
+        raise ValueError(f"stores {urls}: network ids {uniq[counts > 1][:3].tolist()} occur in more than one store; "
+                         "expected disjoint zoos (a spec seed suffix such as .s2)")
+    return stores, table, np.concatenate(helds)
+
+
+def pooled_spec(specs: list[dict]) -> dict:
+    """The card's zoo spec: the spec itself for one zoo; for several, ``{"name": "a+b", "zoos":
+    [...], "recording": ...}`` with the recording settings they share (what ``predict``'s
+    training-range warnings read), or none when they differ."""
+    if len(specs) == 1:
+        return specs[0]
+    out = {"name": "+".join(str(s.get("name", "?")) for s in specs), "zoos": specs}
+    recording = [s.get("recording") for s in specs]
+    if all(r == recording[0] for r in recording):
+        out["recording"] = recording[0]
+    return out
+
+
 def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, min_rate: float, top: int) -> list[list[str]]:
     classes = np.unique(y_true)
     n = {c: int(np.sum(y_true == c)) for c in classes}
@@ -186,8 +241,10 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", required=True)
-    ap.add_argument("--spec", help="The zoo spec YAML the store was trained from (its hash goes on the card).")
+    ap.add_argument("--store", required=True, action="append",
+                    help="A zoo store; give several times to pool zoos (with one --spec each, in order).")
+    ap.add_argument("--spec", action="append",
+                    help="The zoo spec YAML the store was trained from (its hash goes on the card).")
     ap.add_argument("--out", default=str(REPO / "rulefinder/classify/models/default"))
     ap.add_argument("--name", default="default")
     ap.add_argument("--holdout", type=float, default=0.25)
@@ -205,16 +262,21 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="Processes that featurise recordings.")
     ap.add_argument("--cache", help="Keep every recording's feature rows here (a rerun, or benchmarks/scale_curve.py, reads them).")
     ap.add_argument("--featurise-only", action="store_true", help="Only fill --cache: featurise every recording the run reads, fit nothing.")
+    ap.add_argument("--fit-threads", type=int, default=os.cpu_count() or 1,
+                    help="BLAS threads while fitting (featurising runs one thread per process).")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     t_start = time.perf_counter()
 
-    store, table, held = load_zoo(args.store, args.max_networks, args.holdout, args.seed)
+    if args.spec and len(args.spec) != len(args.store):
+        ap.error(f"--spec given {len(args.spec)} times for {len(args.store)} --store: expected one spec per store")
+    _, table, held = load_zoos(args.store, args.max_networks, args.holdout, args.seed)
     ids = table["network"].values.astype(str)
+    store_of = table["store"].values.astype(int)
     shards = table["shard"].values.astype(str)
     labels = {t: table[t].values.astype(str) for t in TARGETS}
-    log.info("%d networks (%d shards); %d held out", ids.size, np.unique(shards).size, held.sum())
+    log.info("%d networks (%d shards, %d stores); %d held out", ids.size, np.unique(shards).size, len(args.store), held.sum())
 
     units = [int(u) for u in args.grid_units.split(",")]
     sessions = [int(s) for s in args.grid_sessions.split(",")]
@@ -243,7 +305,7 @@ def main(argv=None) -> int:
 
     def training_set(mask: np.ndarray):
         idx = np.flatnonzero(mask)
-        parts = featurise([(ids[i], draws_of(i)) for i in idx], "training recordings")
+        parts = featurise([(store_of[i], ids[i], draws_of(i)) for i in idx], "training recordings")
         rows = np.repeat(idx, [len(p) for p in parts])
         return concat_rows([r for p in parts for r in p]), {t: labels[t][rows] for t in TARGETS}, shards[rows]
 
@@ -263,17 +325,17 @@ def main(argv=None) -> int:
     ]
     grid_pos = set(grid_idx.tolist())
 
-    def held_jobs(i: int) -> tuple[str, list]:
+    def held_jobs(i: int) -> tuple[int, str, list]:
         wanted = [(ids[i], [], 0)]
         if int(i) in grid_pos:
             seeds = [int((7919 * net_key[i] + 31 * u + s) % 2**32) for _, u, s, _ in cell_steps]
             wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{seed}", steps, seed)
                        for (noise, u, s, steps), seed in zip(cell_steps, seeds, strict=True)]
-        return ids[i], [*wanted, (f"{ids[i]}@nooutput", [NO_OUTPUT], 0)]  # last: the recording without its output
+        return store_of[i], ids[i], [*wanted, (f"{ids[i]}@nooutput", [NO_OUTPUT], 0)]  # last: the recording without its output
 
     if args.featurise_only:  # fill --cache (e.g. while the estimator is still being changed), fit nothing
         idx = np.flatnonzero(~held)
-        jobs = [(ids[i], draws_of(i)) for i in idx] + [held_jobs(i) for i in held_idx]
+        jobs = [(store_of[i], ids[i], draws_of(i)) for i in idx] + [held_jobs(i) for i in held_idx]
         for start in range(0, len(jobs), 2000):  # in slices: the rows are not kept
             featurise(jobs[start:start + 2000], f"recordings {start}+")
         featurise.close()
@@ -283,7 +345,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     rows, y, groups = training_set(~held)
     n_samples = int(rows.coords["recording"].values.max()) + 1
-    est.fit_features(rows, y, groups)
+    with threadpool_limits(args.fit_threads):  # the featurising processes are idle by now
+        est.fit_features(rows, y, groups)
     del rows
     fit_s = time.perf_counter() - t0
     log.info("featurised and fitted on %d recordings in %.0f s", n_samples, fit_s)
@@ -301,6 +364,7 @@ def main(argv=None) -> int:
         "split": f"held-out shards: {args.holdout:.0%} of each rule's shards (seed {args.seed}), full recordings",
         "n_train_networks": int((~held).sum()),
         "n_heldout_networks": int(held.sum()),
+        **({"n_train_learned": int(table["learned"].values.astype(bool)[~held].sum())} if "learned" in table else {}),
         "rule_accuracy": float(np.mean(pred["rule"] == truth["rule"])),
         "rule_balanced_accuracy": balanced_accuracy(truth["rule"], pred["rule"]),
         "family_accuracy": float(np.mean(pred["family"] == truth["family"])),
@@ -321,6 +385,19 @@ def main(argv=None) -> int:
     if learned_held is not None and learned_held.any():
         metrics["rule_balanced_accuracy_learned"] = balanced_accuracy(truth["rule"][learned_held], pred["rule"][learned_held])
         metrics["n_heldout_learned"] = int(learned_held.sum())
+    if len(args.store) > 1:  # each zoo's held-out networks apart (is the pooled model better on both?)
+        held_store = store_of[held_idx]
+        metrics["per_store"] = {
+            url: {
+                "n_heldout_networks": int((held_store == k).sum()),
+                "rule_balanced_accuracy": balanced_accuracy(truth["rule"][held_store == k], pred["rule"][held_store == k]),
+                "rule_balanced_accuracy_no_output": balanced_accuracy(truth["rule"][held_store == k], pred_no_out[held_store == k]),
+                **({"rule_balanced_accuracy_learned": balanced_accuracy(
+                    truth["rule"][(held_store == k) & learned_held], pred["rule"][(held_store == k) & learned_held])}
+                   if learned_held is not None and ((held_store == k) & learned_held).any() else {}),
+            }
+            for k, url in enumerate(args.store) if (held_store == k).any()
+        }
     in_grid = [k for k, i in enumerate(held_idx) if int(i) in grid_pos]
     grid_truth = labels["rule"][held_idx[in_grid]]
     cells = []
@@ -344,7 +421,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         rows, y, groups = training_set(np.ones(ids.size, dtype=bool))
         n_samples = int(rows.coords["recording"].values.max()) + 1
-        est = RuleIdentifier(**params).fit_features(rows, y, groups)
+        with threadpool_limits(args.fit_threads):
+            est = RuleIdentifier(**params).fit_features(rows, y, groups)
         del rows
         log.info("refitted on all %d recordings in %.0f s", n_samples, time.perf_counter() - t0)
     featurise.close()
@@ -352,7 +430,7 @@ def main(argv=None) -> int:
     from training_zoo.rules import catalogue
 
     known = set(est.classes_["rule"].tolist())
-    spec = yaml.safe_load(Path(args.spec).read_text()) if args.spec else None
+    spec = pooled_spec([yaml.safe_load(Path(p).read_text()) for p in args.spec]) if args.spec else None
     rules, counts = np.unique(labels["rule"], return_counts=True)
     card = ModelCard(
         name=args.name,
@@ -366,7 +444,7 @@ def main(argv=None) -> int:
         zoo=ZooInfo(
             spec=spec,
             spec_hash=spec_hash(spec) if spec is not None else None,
-            store=str(args.store),
+            store=", ".join(args.store),
             n_networks=int(ids.size),
             n_shards=int(np.unique(shards).size),
             rules={str(r): int(c) for r, c in zip(rules, counts, strict=True)},
