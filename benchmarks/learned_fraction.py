@@ -252,12 +252,16 @@ def analyse_store(rows: list[dict]) -> dict:
                                 f">= {mid:.1f}": _mean([r["learned"] for r in sub if r["epochs"] >= mid])},
                      "lr_thirds": {}}
         for opt in sorted({r["optimizer"] for r in sub}):
-            # thirds of the learning-rate window the networks drew (every rule meets the same draws)
-            lrs = np.log10([r["lr"] for r in sub if r["optimizer"] == opt])
-            edges = np.linspace(lrs.min(), lrs.max() + 1e-9, 4)
-            out[rule]["lr_thirds"][opt] = [
-                _mean([r["learned"] for r in sub if r["optimizer"] == opt and lo <= np.log10(r["lr"]) < hi])
-                for lo, hi in zip(edges[:-1], edges[1:])]
+            # thirds of the learning-rate window the networks drew (every rule meets the same draws),
+            # per task: a spec's task_lr_scale moves a task's whole window
+            pos = []
+            for task in sorted({r["task"] for r in sub if r["optimizer"] == opt}):
+                cell = [r for r in sub if r["optimizer"] == opt and r["task"] == task]
+                lrs = np.log10([r["lr"] for r in cell])
+                span = float(lrs.max() - lrs.min()) or 1.0
+                pos += [((x - lrs.min()) / span, r["learned"]) for x, r in zip(lrs, cell)]
+            out[rule]["lr_thirds"][opt] = [_mean([y for q, y in pos if k / 3 <= q < (k + 1) / 3 or (k == 2 and q == 1)])
+                                           for k in range(3)]
     return out
 
 

@@ -187,3 +187,22 @@ def test_zoo15k_is_zoo10k_cells_at_its_pinned_windows_and_lengths():
         assert all(lo * (1 - 1e-9) <= lr <= hi * (1 + 1e-9) for lr in s.lrs), (s.shard_id, s.lrs, lo, hi)
     digits = [s.epochs for s in new if s.task == "digits" and s.rule != "node_perturbation"]
     assert min(digits) >= 10 and max(digits) <= 20
+
+
+def test_the_store_analysis_reads_learning_rate_thirds_per_task():
+    """benchmarks/learned_fraction.py --store: a task whose window a task_lr_scale moved is read
+    in its own range, not the range of all tasks pooled."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from benchmarks.learned_fraction import analyse_store
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for task, lo in (("digits", -2.0), ("mnist1d", -1.0)):  # mnist1d's window a decade higher
+        for u in rng.uniform(0, 1, 300):
+            rows.append(dict(rule="a", variant="default", arch_family="mlp", task=task, optimizer="sgd",
+                             epochs=1.0, lr=float(10 ** (lo + u)), learned=bool(u < 1 / 3)))
+    thirds = analyse_store(rows)["a"]["lr_thirds"]["sgd"]
+    assert thirds[0] == pytest.approx(1.0, abs=0.02) and thirds[1] < 0.05 and thirds[2] == 0.0
