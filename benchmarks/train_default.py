@@ -193,10 +193,8 @@ def load_zoos(urls: list[str], max_networks: int, holdout: float, seed: int):
     for k, url in enumerate(urls[1:], start=1):
         store, table, own = load_zoo(url, max_networks, holdout, seed + k)
         shards = table["shard"].values.astype(str)
-        base = np.array([base_shard(s) for s in shards])
-        matched = np.isin(base, list(side))
-        held = np.where(matched, [side.get(b, False) for b in base], own)
-        stores.append(store), tables.append(table), helds.append(np.asarray(held, dtype=bool))
+        held = np.array([side.get(base_shard(s), o) for s, o in zip(shards, own.tolist(), strict=True)], dtype=bool)
+        stores.append(store), tables.append(table), helds.append(held)
     for k, t in enumerate(tables):
         tables[k] = t.assign(store=("sample", np.full(t.sizes["sample"], k)))
     table = xr.concat(tables, dim="sample") if len(tables) > 1 else tables[0]
@@ -276,6 +274,7 @@ def main(argv=None) -> int:
     store_of = table["store"].values.astype(int)
     shards = table["shard"].values.astype(str)
     labels = {t: table[t].values.astype(str) for t in TARGETS}
+    learned = table["learned"].values.astype(bool) if "learned" in table else None
     log.info("%d networks (%d shards, %d stores); %d held out", ids.size, np.unique(shards).size, len(args.store), held.sum())
 
     units = [int(u) for u in args.grid_units.split(",")]
@@ -364,7 +363,7 @@ def main(argv=None) -> int:
         "split": f"held-out shards: {args.holdout:.0%} of each rule's shards (seed {args.seed}), full recordings",
         "n_train_networks": int((~held).sum()),
         "n_heldout_networks": int(held.sum()),
-        **({"n_train_learned": int(table["learned"].values.astype(bool)[~held].sum())} if "learned" in table else {}),
+        **({"n_train_learned": int(learned[~held].sum())} if learned is not None else {}),
         "rule_accuracy": float(np.mean(pred["rule"] == truth["rule"])),
         "rule_balanced_accuracy": balanced_accuracy(truth["rule"], pred["rule"]),
         "family_accuracy": float(np.mean(pred["family"] == truth["family"])),
@@ -381,23 +380,23 @@ def main(argv=None) -> int:
     pred_no_out = est.classes_["rule"][p_no_out.argmax(axis=1)]
     metrics["rule_accuracy_no_output"] = float(np.mean(pred_no_out == truth["rule"]))
     metrics["rule_balanced_accuracy_no_output"] = balanced_accuracy(truth["rule"], pred_no_out)
-    learned_held = table["learned"].values.astype(bool)[held_idx] if "learned" in table else None
-    if learned_held is not None and learned_held.any():
+    learned_held = learned[held_idx] if learned is not None else np.zeros(held_idx.size, dtype=bool)
+    if learned_held.any():
         metrics["rule_balanced_accuracy_learned"] = balanced_accuracy(truth["rule"][learned_held], pred["rule"][learned_held])
         metrics["n_heldout_learned"] = int(learned_held.sum())
     if len(args.store) > 1:  # each zoo's held-out networks apart (is the pooled model better on both?)
-        held_store = store_of[held_idx]
-        metrics["per_store"] = {
-            url: {
-                "n_heldout_networks": int((held_store == k).sum()),
-                "rule_balanced_accuracy": balanced_accuracy(truth["rule"][held_store == k], pred["rule"][held_store == k]),
-                "rule_balanced_accuracy_no_output": balanced_accuracy(truth["rule"][held_store == k], pred_no_out[held_store == k]),
-                **({"rule_balanced_accuracy_learned": balanced_accuracy(
-                    truth["rule"][(held_store == k) & learned_held], pred["rule"][(held_store == k) & learned_held])}
-                   if learned_held is not None and ((held_store == k) & learned_held).any() else {}),
-            }
-            for k, url in enumerate(args.store) if (held_store == k).any()
-        }
+        metrics["per_store"] = {}
+        for k, url in enumerate(args.store):
+            own = store_of[held_idx] == k
+            if not own.any():
+                continue
+            part = {"n_heldout_networks": int(own.sum()),
+                    "rule_balanced_accuracy": balanced_accuracy(truth["rule"][own], pred["rule"][own]),
+                    "rule_balanced_accuracy_no_output": balanced_accuracy(truth["rule"][own], pred_no_out[own])}
+            if (own & learned_held).any():
+                part["rule_balanced_accuracy_learned"] = balanced_accuracy(
+                    truth["rule"][own & learned_held], pred["rule"][own & learned_held])
+            metrics["per_store"][url] = part
     in_grid = [k for k, i in enumerate(held_idx) if int(i) in grid_pos]
     grid_truth = labels["rule"][held_idx[in_grid]]
     cells = []
