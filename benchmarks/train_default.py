@@ -20,11 +20,17 @@ Steps (all seeded by --seed):
    model sees what it will be shown, plus ``--drop-output-draws`` more such draws with the
    ``output`` area removed: a lab seldom records a network's output units, and a model that
    only ever saw them reads the kind of output unit (logits, softmax, energy-model neurons) as
-   the rule (docs/results.md, "Out-of-zoo recordings").
+   the rule (docs/results.md, "Out-of-zoo recordings"), plus ``--stimuli-draws`` more with a
+   subset of the stimuli (``keep_stimuli``, a count drawn per network from ``--stimuli-range``;
+   every other one without the output area; with ``--stimuli-offset`` a baseline too): a lab
+   shows 16 or 24 stimuli where the zoo recorded 64.
 3. ``RuleIdentifier`` (its defaults, or ``--params`` JSON) fitted with the shard as group.
 4. The expected-accuracy table: every held-out network through every grid cell
    (units per area x sessions x noise, one seeded draw each); rule accuracy, balanced accuracy
-   and the most confused rule pairs per cell. Metrics on the held-out networks' full recordings.
+   and the most confused rule pairs per cell. Metrics on the held-out networks' full recordings,
+   on them without the output area, and with ``--eval-stimuli`` of their stimuli. The card's
+   ``training_ranges`` say which stimuli, sessions, units per area and output areas the
+   training recordings spanned (``predict`` warns outside them).
 5. With ``--refit-all`` the shipped estimator is refitted on every network (the table then
    describes a model trained on fewer networks: a conservative estimate; the card says so).
 
@@ -64,6 +70,7 @@ sys.path.insert(0, str(REPO))
 from rulefinder.classify.card import (  # noqa: E402
     AccuracyCell,
     ModelCard,
+    TrainingRanges,
     ZooInfo,
     catalogue_entries,
     git_commit,
@@ -220,6 +227,44 @@ def pooled_spec(specs: list[dict]) -> dict:
     return out
 
 
+def stimuli_view(n: int, offset: float | None = None) -> list[dict]:
+    """Steps that keep ``n`` stimuli and, given ``offset``, add that baseline (in the recording's SDs)."""
+    steps = [{"op": "keep_stimuli", "n": int(n)}]
+    if offset is not None:
+        steps.append({"op": "scale_offset", "offset": float(offset), "relative": True})
+    return steps
+
+
+def training_ranges(views: list[list[dict]], units: np.ndarray, recording: dict | None) -> TrainingRanges:
+    """The card's ranges over the training recordings: ``views`` are their virtual-experiment
+    steps (``[]``: a full recording, as the zoo spec's ``recording`` says it was made),
+    ``units`` the unit count of every area row they gave."""
+    recording = recording or {}
+    full = {"stimuli": recording.get("probes"), "sessions": recording.get("checkpoints")}
+    seen: dict[str, list[int]] = {"stimuli": [], "sessions": []}
+    output = set()
+    for steps in views:
+        by_op = {s["op"]: s for s in steps}
+        output.add(by_op.get("drop_areas", {}).get("areas") != ["output"])
+        for what, op in (("stimuli", "keep_stimuli"), ("sessions", "keep_sessions")):
+            n = by_op.get(op, {}).get("n", full[what])
+            if isinstance(n, int):
+                seen[what].append(min(n, full[what]) if isinstance(full[what], int) else n)
+            elif full[what] is None:  # a step kept some but the full count is unknown: so is the range
+                seen[what] = []
+                full[what] = "unknown"
+
+    def span(vals):
+        return (int(min(vals)), int(max(vals))) if vals else None
+
+    return TrainingRanges(
+        stimuli=span(seen["stimuli"]) if isinstance(full["stimuli"], int) else None,
+        sessions=span(seen["sessions"]) if isinstance(full["sessions"], int) else None,
+        units_per_area=span(units.tolist()),
+        output_area=sorted(output),
+    )
+
+
 def confused_pairs(y_true: np.ndarray, y_pred: np.ndarray, min_rate: float, top: int) -> list[list[str]]:
     classes = np.unique(y_true)
     n = {c: int(np.sum(y_true == c)) for c in classes}
@@ -249,6 +294,15 @@ def main(argv=None) -> int:
     ap.add_argument("--draws", type=int, default=2, help="Virtual experiments per training network.")
     ap.add_argument("--drop-output-draws", type=int, default=1,
                     help="More virtual experiments per training network, each without the output area.")
+    ap.add_argument("--stimuli-draws", type=int, default=0,
+                    help="More virtual experiments per training network, each with a subset of the stimuli "
+                    "(every other one also without the output area).")
+    ap.add_argument("--stimuli-range", default="16,64",
+                    help="LO,HI: the stimulus count of a --stimuli-draws view, drawn uniformly per network and draw.")
+    ap.add_argument("--stimuli-offset", default="",
+                    help="LO,HI: also add a baseline to each --stimuli-draws view, drawn uniformly, in the recording's SDs.")
+    ap.add_argument("--eval-stimuli", default="16,24",
+                    help="Held-out rule balanced accuracy also on views with this many stimuli (comma-separated; empty: none).")
     ap.add_argument("--grid-units", default="10,30,64")
     ap.add_argument("--grid-sessions", default="3,5,10,21")
     ap.add_argument("--grid-noise", default=",".join(NOISE_LEVELS))
@@ -280,6 +334,9 @@ def main(argv=None) -> int:
     units = [int(u) for u in args.grid_units.split(",")]
     sessions = [int(s) for s in args.grid_sessions.split(",")]
     noises = args.grid_noise.split(",")
+    stim_lo, stim_hi = (int(v) for v in args.stimuli_range.split(","))
+    offsets = [float(v) for v in args.stimuli_offset.split(",")] if args.stimuli_offset else None
+    eval_stimuli = [int(v) for v in args.eval_stimuli.split(",") if v]
     params = json.loads(args.params)
     est = RuleIdentifier(**params)
     featurise = Featuriser(args.store, est, args.cache, args.jobs)
@@ -300,13 +357,23 @@ def main(argv=None) -> int:
             steps = experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
             seed = int((args.seed * 1_000_003 + net_key[i] * 101 + 7_919 + d) % 2**32)
             out.append((f"{ids[i]}@nooutput{d}-s{seed}", [NO_OUTPUT, *steps], seed))
+        for d in range(args.stimuli_draws):  # drawn after the others: their draws stay as cached
+            view = stimuli_view(rng.integers(stim_lo, stim_hi + 1), offsets and round(float(rng.uniform(*offsets)), 3))
+            steps = view + experiment(rng.choice([*units[:-1], None]), rng.choice([*sessions[:-1], None]), str(rng.choice(noises)))
+            if d % 2:
+                steps = [NO_OUTPUT, *steps]
+            seed = int((args.seed * 1_000_003 + net_key[i] * 101 + 15_401 + d) % 2**32)
+            digest = zlib.crc32(json.dumps(steps, sort_keys=True).encode())  # the key names the view: ranges change it
+            out.append((f"{ids[i]}@stimuli{d}-{digest:08x}-s{seed}", steps, seed))
         return out
 
     def training_set(mask: np.ndarray):
         idx = np.flatnonzero(mask)
-        parts = featurise([(store_of[i], ids[i], draws_of(i)) for i in idx], "training recordings")
+        jobs = [(store_of[i], ids[i], draws_of(i)) for i in idx]
+        parts = featurise(jobs, "training recordings")
         rows = np.repeat(idx, [len(p) for p in parts])
-        return concat_rows([r for p in parts for r in p]), {t: labels[t][rows] for t in TARGETS}, shards[rows]
+        views = [steps for _, _, wanted in jobs for _, steps, _ in wanted]
+        return concat_rows([r for p in parts for r in p]), {t: labels[t][rows] for t in TARGETS}, shards[rows], views
 
     # Held-out evaluation: full recordings, then the grid (on a rule-stratified subset when capped).
     held_idx = np.flatnonzero(held)
@@ -330,6 +397,7 @@ def main(argv=None) -> int:
             seeds = [int((7919 * net_key[i] + 31 * u + s) % 2**32) for _, u, s, _ in cell_steps]
             wanted += [(f"{ids[i]}@cell-{noise}-u{u}-s{s}-{seed}", steps, seed)
                        for (noise, u, s, steps), seed in zip(cell_steps, seeds, strict=True)]
+        wanted += [(f"{ids[i]}@stimuli{n}-s{net_key[i] % 2**31}", stimuli_view(n), net_key[i] % 2**31) for n in eval_stimuli]
         return store_of[i], ids[i], [*wanted, (f"{ids[i]}@nooutput", [NO_OUTPUT], 0)]  # last: the recording without its output
 
     if args.featurise_only:  # fill --cache (e.g. while the estimator is still being changed), fit nothing
@@ -342,8 +410,12 @@ def main(argv=None) -> int:
         return 0
 
     t0 = time.perf_counter()
-    rows, y, groups = training_set(~held)
+    rows, y, groups, views = training_set(~held)
     n_samples = int(rows.coords["recording"].values.max()) + 1
+    specs = [yaml.safe_load(Path(p).read_text()) for p in args.spec] if args.spec else []
+    spec = pooled_spec(specs) if specs else None
+    recorded = spec.get("recording") if isinstance(spec, dict) and isinstance(spec.get("recording"), dict) else None
+    ranges = training_ranges(views, rows.coords["units"].values, recorded)
     with threadpool_limits(args.fit_threads):  # the featurising processes are idle by now
         est.fit_features(rows, y, groups)
     del rows
@@ -380,6 +452,9 @@ def main(argv=None) -> int:
     pred_no_out = est.classes_["rule"][p_no_out.argmax(axis=1)]
     metrics["rule_accuracy_no_output"] = float(np.mean(pred_no_out == truth["rule"]))
     metrics["rule_balanced_accuracy_no_output"] = balanced_accuracy(truth["rule"], pred_no_out)
+    for j, n in enumerate(eval_stimuli):  # the views just before the output-less one
+        proba = est.predict_proba_features(concat_rows([part[-1 - len(eval_stimuli) + j] for part in held_parts]))["rule"]
+        metrics[f"rule_balanced_accuracy_stimuli{n}"] = balanced_accuracy(truth["rule"], est.classes_["rule"][proba.argmax(axis=1)])
     learned_held = learned[held_idx] if learned is not None else np.zeros(held_idx.size, dtype=bool)
     if learned_held.any():
         metrics["rule_balanced_accuracy_learned"] = balanced_accuracy(truth["rule"][learned_held], pred["rule"][learned_held])
@@ -418,8 +493,9 @@ def main(argv=None) -> int:
 
     if args.refit_all:
         t0 = time.perf_counter()
-        rows, y, groups = training_set(np.ones(ids.size, dtype=bool))
+        rows, y, groups, views = training_set(np.ones(ids.size, dtype=bool))
         n_samples = int(rows.coords["recording"].values.max()) + 1
+        ranges = training_ranges(views, rows.coords["units"].values, recorded)
         with threadpool_limits(args.fit_threads):
             est = RuleIdentifier(**params).fit_features(rows, y, groups)
         del rows
@@ -429,7 +505,6 @@ def main(argv=None) -> int:
     from training_zoo.rules import catalogue
 
     known = set(est.classes_["rule"].tolist())
-    spec = pooled_spec([yaml.safe_load(Path(p).read_text()) for p in args.spec]) if args.spec else None
     rules, counts = np.unique(labels["rule"], return_counts=True)
     card = ModelCard(
         name=args.name,
@@ -437,7 +512,8 @@ def main(argv=None) -> int:
         estimator="rulefinder.classify.estimator.RuleIdentifier",
         description=f"RuleIdentifier({json.dumps(params)}) trained on the {spec.get('name') if spec else 'given'} zoo "
         f"({ids.size} networks, full recordings plus {args.draws} virtual experiments each, "
-        f"and {args.drop_output_draws} without the output area).",
+        f"{args.drop_output_draws} without the output area and {args.stimuli_draws} with {args.stimuli_range} stimuli"
+        f"{f' and a baseline of {args.stimuli_offset} SDs' if offsets else ''}).",
         catalogue=catalogue_entries([e for e in catalogue() if e["id"] in known]),
         labels={t: [str(c) for c in est.classes_[t]] for t in TARGETS},
         zoo=ZooInfo(
@@ -452,6 +528,7 @@ def main(argv=None) -> int:
         n_samples=n_samples,
         metrics=metrics,
         expected_accuracy=cells,
+        training_ranges=ranges,
         thresholds={
             "identified": float(est.identified_threshold_),
             "unknown": float(est.unknown_threshold_),

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rulefinder.classify.card import ModelCard, ZooInfo
+from rulefinder.classify.card import ModelCard, TrainingRanges, ZooInfo
 from rulefinder.classify.predict import OUTSIDE_TRAINING, training_range_warnings
 from rulefinder.recording import make_recording
 
@@ -92,6 +92,20 @@ def test_training_range_warnings():
     assert "'a0' 70" in w and "at most 64" in w
     # A card that does not say how its zoo recorded: nothing to compare with.
     assert training_range_warnings(_rec(stimuli=24), _card(None)) == []
+
+
+def test_training_range_warnings_read_the_card_ranges_first():
+    ranges = TrainingRanges(stimuli=(16, 64), sessions=(3, 21), units_per_area=(10, 64), output_area=[False, True])
+    card = _card({"probes": 64, "checkpoints": 21, "units_per_layer": 64}).model_copy(update={"training_ranges": ranges})
+    assert training_range_warnings(_rec(stimuli=24), card) == []  # inside the range, though the zoo recorded 64
+    (w,) = training_range_warnings(_rec(stimuli=8), card)
+    assert "8 stimuli" in w and "had 16-64" in w
+    (w,) = training_range_warnings(_rec(stimuli=80, sessions=25), card)[1:]
+    assert "25 sessions" in w and "at most 21" in w
+    # the ranges survive the card's JSON, and an old card without them keeps its bytes
+    back = ModelCard.model_validate_json(card.to_json())
+    assert back.training_ranges == ranges
+    assert "training_ranges" not in _card(None).to_json()
 
 
 @pytest.mark.slow

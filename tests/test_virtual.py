@@ -17,6 +17,7 @@ from rulefinder.virtual import (
     TRANSFORMS,
     Calcium,
     GaussianNoise,
+    KeepStimuli,
     KeepUnits,
     ScaleOffset,
     VirtualExperiment,
@@ -235,6 +236,51 @@ def test_scale_offset_exact():
         parse_step({"op": "scale_offset", "scale": 0.0})
 
 
+def test_keep_stimuli_keeps_ids_values_and_order():
+    rec = _rec(k=10)
+    out = _run({"op": "keep_stimuli", "n": 4}, rec, seed=3)
+    kept = out.coords["stimulus"].values
+    assert kept.size == 4 and list(kept) == sorted(kept)  # recorded order, original ids
+    np.testing.assert_array_equal(out.values, rec.sel(stimulus=kept).values)
+    for name in ("session_time", "unit_area", "unit", "performance"):
+        np.testing.assert_array_equal(out.coords[name].values, rec.coords[name].values)
+    assert out.attrs["area_order"] == rec.attrs["area_order"]
+
+
+def test_keep_stimuli_range_is_drawn_per_application_and_capped():
+    rec = _rec(k=10)
+    counts = {_run({"op": "keep_stimuli", "n": [3, 50]}, rec, seed=s).sizes["stimulus"] for s in range(60)}
+    assert counts <= set(range(3, 11)) and len(counts) > 4 and 10 in counts  # hi capped at the 10 recorded
+    assert _run({"op": "keep_stimuli", "n": 10}, rec).sizes["stimulus"] == 10  # all of them: unchanged
+    with pytest.raises(VirtualSpecError, match=r"keep_stimuli: n is 11: the recording has only 10 stimuli"):
+        _run({"op": "keep_stimuli", "n": 11}, rec)
+    with pytest.raises(VirtualSpecError, match=r"n is \[12, 20\]: the recording has only 10"):
+        _run({"op": "keep_stimuli", "n": [12, 20]}, rec)
+
+
+def test_keep_stimuli_drops_units_left_empty():
+    rec = _rec(k=4)
+    x = rec.values.copy()
+    x[:, 1:, 0] = np.nan  # unit u0 was only seen on stimulus 0
+    rec = make_recording(x, session_time=rec.coords["session_time"].values, unit_area=rec.coords["unit_area"].values,
+                         unit=rec.coords["unit"].values, stimulus=[10, 11, 12, 13])
+    seeds = [s for s in range(50) if 10 not in _run(KeepStimuli(2), rec, seed=s).coords["stimulus"].values]
+    out = _run(KeepStimuli(2), rec, seed=seeds[0])
+    assert "u0" not in out.coords["unit"].values and out.sizes["unit"] == rec.sizes["unit"] - 1
+
+
+def test_scale_offset_relative_and_per_unit():
+    rec = _rec()
+    out = _run({"op": "scale_offset", "scale": 3.0, "offset": 2.0, "relative": True}, rec)
+    np.testing.assert_allclose(out.values, rec.values * 3 + 2.0 * np.std(rec.values * 3))
+    per_unit = _run({"op": "scale_offset", "unit_offset_sd": 1.0, "relative": True}, rec, seed=1)
+    shift = per_unit.values - rec.values
+    np.testing.assert_allclose(shift, np.broadcast_to(shift[:1, :1, :], shift.shape), atol=1e-12)  # one per unit
+    assert np.ptp(shift[0, 0]) > 0
+    with pytest.raises(VirtualSpecError, match="unit_offset_sd is -1"):
+        parse_step({"op": "scale_offset", "unit_offset_sd": -1})
+
+
 # --- pipeline -----------------------------------------------------------------------------
 
 STEPS = [
@@ -289,6 +335,9 @@ def test_spec_round_trip_through_json_and_disk(tmp_path):
     for cls in TRANSFORMS.values():
         t = cls(n=1) if cls.op == "drop_areas" else cls()  # drop_areas needs names or a count
         assert parse_step(json.loads(json.dumps(t.spec()))) == t
+    ranged = KeepStimuli((16, 48))
+    assert ranged.spec() == {"op": "keep_stimuli", "n": [16, 48]}
+    assert parse_step(json.loads(json.dumps(ranged.spec()))) == ranged
 
 
 @pytest.mark.parametrize(
@@ -306,6 +355,9 @@ def test_spec_round_trip_through_json_and_disk(tmp_path):
         ({"op": "calcium", "order": "sorted"}, "order is 'sorted'"),
         ({"op": "unit_loss", "p": 1.0}, "p is 1.0"),
         ({"op": "drop_areas"}, "either areas"),
+        ({"op": "keep_stimuli", "n": 1}, "n is 1"),
+        ({"op": "keep_stimuli", "n": [20, 10]}, r"n is \[20, 10\]"),
+        ({"op": "keep_stimuli", "n": [4, 8, 9]}, "a range"),
     ],
 )
 def test_spec_parser_errors(spec, message):
@@ -331,6 +383,8 @@ ALL_STEPS = [
     {"op": "unit_loss", "p": 0.5, "mode": "dropout"},
     {"op": "unit_loss", "p": 0.5},
     {"op": "scale_offset", "scale": 0.1, "offset": 5.0},
+    {"op": "scale_offset", "offset": 1.0, "unit_offset_sd": 0.5, "relative": True},
+    {"op": "keep_stimuli", "n": [2, 3]},
 ]
 
 

@@ -5,7 +5,8 @@ A card is JSON (``card.json`` beside the model's files). It carries the rule cat
 model knows (copied from ``training_zoo``'s registry when the model was trained, so predicting
 and serving never import ``training_zoo`` or torch), the label sets, the zoo it was trained on
 (spec and spec hash, network count), the evaluation metrics, the expected-accuracy table over
-the virtual-experiment grid (units x sessions x noise), the verdict thresholds, the commit, and
+the virtual-experiment grid (units x sessions x noise), the ranges of the training
+recordings' circumstances (stimuli, sessions, units per area, output area), the verdict thresholds, the commit, and
 the sha256 of every file of the model.
 
 The model's content hash is the sha256 of the card's canonical JSON (:func:`card_sha256`):
@@ -68,6 +69,27 @@ class ZooInfo(BaseModel):
     rules: dict[str, int] = Field(default_factory=dict, description="Networks per rule.")
 
 
+class TrainingRanges(BaseModel):
+    """The circumstances of the model's training recordings (full ones and virtual experiments),
+    each as ``[min, max]`` over them: what a recording must lie within for the held-out numbers
+    to describe it (``predict`` warns outside). ``None``: not known."""
+
+    stimuli: tuple[int, int] | None = Field(default=None, description="Stimuli per recording.")
+    sessions: tuple[int, int] | None = Field(default=None, description="Sessions per recording.")
+    units_per_area: tuple[int, int] | None = Field(default=None, description="Units in one area of a recording.")
+    output_area: list[bool] = Field(
+        default_factory=list,
+        description="Whether training recordings had the network's output units as an area: [true], [false] or both.",
+    )
+
+    @field_validator("stimuli", "sessions", "units_per_area")
+    @classmethod
+    def _ordered(cls, v: tuple[int, int] | None) -> tuple[int, int] | None:
+        if v is not None and not 1 <= v[0] <= v[1]:
+            raise ValueError(f"range {list(v)}: expected [min, max] with 1 <= min <= max")
+        return v
+
+
 class AccuracyCell(BaseModel):
     """Held-out rule accuracy for recordings of one size and noise level."""
 
@@ -106,6 +128,9 @@ class ModelCard(BaseModel):
     n_samples: int = Field(default=0, ge=0, description="Training recordings (networks x virtual experiments).")
     metrics: dict[str, Any] = Field(default_factory=dict)
     expected_accuracy: list[AccuracyCell] = Field(default_factory=list)
+    training_ranges: TrainingRanges | None = Field(
+        default=None, description="Ranges of the training recordings' circumstances (cards before session 11 lack them)."
+    )
     thresholds: dict[str, float] = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict, description="File name -> sha256 of every file of the model.")
     notes: list[str] = Field(default_factory=list)
@@ -148,8 +173,13 @@ class ModelCard(BaseModel):
             "noise": [n for n in NOISE_LEVELS if any(c.noise == n for c in cells)],
         }
 
+    def dump(self) -> dict:
+        """The card as JSON data; fields added after schema version 1 are left out while unset,
+        so an older card keeps its bytes and its content hash."""
+        return self.model_dump(mode="json", exclude={"training_ranges"} if self.training_ranges is None else None)
+
     def to_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=False) + "\n"
+        return json.dumps(self.dump(), indent=2, sort_keys=False) + "\n"
 
 
 def canonical_json(obj: Any) -> bytes:
@@ -158,7 +188,7 @@ def canonical_json(obj: Any) -> bytes:
 
 def card_sha256(card: ModelCard) -> str:
     """The model's content hash: sha256 of the card's canonical JSON (which lists every file's sha256)."""
-    return hashlib.sha256(canonical_json(card.model_dump(mode="json"))).hexdigest()
+    return hashlib.sha256(canonical_json(card.dump())).hexdigest()
 
 
 def spec_hash(spec: Any) -> str:

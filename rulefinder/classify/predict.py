@@ -111,30 +111,40 @@ def limit_warnings(rec: xr.DataArray, size: RecordingSize | None = None) -> list
 
 
 def training_range_warnings(rec: xr.DataArray, card: ModelCard, size: RecordingSize | None = None) -> list[str]:
-    """Where the recording's circumstances lie outside every recording the model was trained on,
-    as its card's zoo spec records them (``recording``: ``probes``, ``checkpoints``,
-    ``units_per_layer``; virtual experiments only ever removed units and sessions): the zoo
-    recorded the same number of stimuli in every network, so a different count puts the
-    stimulus-dependent statistics off their training range (docs/results.md, "Out-of-zoo
-    recordings": the answer for the same network moves with the stimulus count)."""
-    spec = card.zoo.spec if isinstance(card.zoo.spec, dict) else {}
-    recorded = spec.get("recording") if isinstance(spec.get("recording"), dict) else {}
+    """Where the recording's circumstances lie outside every recording the model was trained on:
+    the card's ``training_ranges`` (stimuli, sessions, units per area, each ``[min, max]``), or
+    for a card without them its zoo spec's ``recording`` (``probes``, ``checkpoints``,
+    ``units_per_layer``; virtual experiments then only ever removed units and sessions). A
+    stimulus count off the training range puts the stimulus-dependent statistics off theirs
+    (docs/results.md, "Out-of-zoo recordings": the answer for the same network moves with the
+    stimulus count). Fewer sessions or units are the expected-accuracy table's business."""
     size = size or recording_size(rec)
+    if card.training_ranges is not None:
+        r = card.training_ranges
+        stimuli = r.stimuli
+        sessions_max = r.sessions[1] if r.sessions else None
+        units_max = r.units_per_area[1] if r.units_per_area else None
+    else:
+        spec = card.zoo.spec if isinstance(card.zoo.spec, dict) else {}
+        recorded = spec.get("recording") if isinstance(spec.get("recording"), dict) else {}
+        probes, sessions_max, units_max = (recorded.get(k) for k in ("probes", "checkpoints", "units_per_layer"))
+        stimuli = (probes, probes) if isinstance(probes, int) else None
     out = []
-    probes, checkpoints, per_layer = (recorded.get(k) for k in ("probes", "checkpoints", "units_per_layer"))
     n_stim = int(rec.sizes["stimulus"])
-    if isinstance(probes, int) and n_stim != probes:
-        out.append(f"{OUTSIDE_TRAINING}: {n_stim} stimuli, while every training recording of model {card.name!r} "
-                   f"had {probes}; statistics over stimuli are read off their training range")
-    if isinstance(checkpoints, int) and size.sessions > checkpoints:
+    if stimuli is not None and not stimuli[0] <= n_stim <= stimuli[1]:
+        had = f"had {stimuli[0]}" if stimuli[0] == stimuli[1] else f"had {stimuli[0]}-{stimuli[1]}"
+        what = "every training recording" if stimuli[0] == stimuli[1] else "training recordings"
+        out.append(f"{OUTSIDE_TRAINING}: {n_stim} stimuli, while {what} of model {card.name!r} "
+                   f"{had}; statistics over stimuli are read off their training range")
+    if isinstance(sessions_max, int) and size.sessions > sessions_max:
         out.append(f"{OUTSIDE_TRAINING}: {size.sessions} sessions, while training recordings of model "
-                   f"{card.name!r} had at most {checkpoints}")
-    if isinstance(per_layer, int):
-        big = {a: n for a, n in size.area_units.items() if n > per_layer}
+                   f"{card.name!r} had at most {sessions_max}")
+    if isinstance(units_max, int):
+        big = {a: n for a, n in size.area_units.items() if n > units_max}
         if big:
             listed = ", ".join(f"{a!r} {n}" for a, n in big.items())
             out.append(f"{OUTSIDE_TRAINING}: units per area {listed}, while training recordings of model "
-                       f"{card.name!r} had at most {per_layer} per area (subsample the units to compare like with like)")
+                       f"{card.name!r} had at most {units_max} per area (subsample the units to compare like with like)")
     return out
 
 

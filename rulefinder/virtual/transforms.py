@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import xarray as xr
 
-from rulefinder.recording.model import DIMS, MIN_SESSIONS, areas_of, make_recording
+from rulefinder.recording.model import DIMS, MIN_SESSIONS, MIN_STIMULI, areas_of, make_recording
 from rulefinder.vocabulary import NOISE_LEVELS, SNR_HIGH, SNR_MODERATE, SNR_NONE  # noqa: F401 (re-exported)
 
 log = logging.getLogger(__name__)
@@ -50,12 +50,13 @@ def _values(rec: xr.DataArray) -> np.ndarray:
     return rec.transpose(*DIMS).values.astype(np.float64, copy=True)
 
 
-def rebuild(rec: xr.DataArray, values: np.ndarray, sessions=None, units=None) -> xr.DataArray:
+def rebuild(rec: xr.DataArray, values: np.ndarray, sessions=None, units=None, stimuli=None) -> xr.DataArray:
     """A new recording with ``values`` and ``rec``'s coordinates restricted to the kept
-    ``sessions`` and ``units`` (index arrays; ``None`` keeps all), validated."""
+    ``sessions``, ``units`` and ``stimuli`` (index arrays; ``None`` keeps all), validated."""
     rec = rec.transpose(*DIMS)
     s_idx = np.arange(rec.sizes["session"]) if sessions is None else np.asarray(sessions)
     u_idx = np.arange(rec.sizes["unit"]) if units is None else np.asarray(units)
+    k_idx = np.arange(rec.sizes["stimulus"]) if stimuli is None else np.asarray(stimuli)
     areas = rec.coords["unit_area"].values[u_idx]
     order = rec.attrs.get("area_order")
     if order:
@@ -67,7 +68,7 @@ def rebuild(rec: xr.DataArray, values: np.ndarray, sessions=None, units=None) ->
         values,
         session_time=rec.coords["session_time"].values[s_idx],
         unit_area=areas,
-        stimulus=rec.coords["stimulus"].values,
+        stimulus=rec.coords["stimulus"].values[k_idx],
         performance=perf,
         area_order=order or None,
         unit=unit_ids,
@@ -218,6 +219,49 @@ class DropAreas(Transform):
         _check(bool(keep_areas), self.op, f"dropping {sorted(drop)} leaves no area")
         idx = np.flatnonzero(np.isin(rec.coords["unit_area"].values, keep_areas))
         return _keep_units(rec, idx, self.op)
+
+
+@dataclass(frozen=True)
+class KeepStimuli(Transform):
+    """Keep ``n`` stimuli (at least 2) chosen uniformly at random without replacement, in
+    their recorded order with their ids; ``n = [lo, hi]`` draws the count uniformly from
+    ``lo..hi`` at each application, with ``hi`` capped at the recording's count (so one range
+    serves recordings of several sizes). A fixed ``n``, or ``lo``, above the recording's count
+    is an error: an experiment cannot show stimuli that were never recorded. Units and
+    sessions are kept; a unit whose values all lie on dropped stimuli becomes empty and is
+    dropped, as are sessions left without a value."""
+
+    op: ClassVar[str] = "keep_stimuli"
+    n: int | tuple[int, int] = 16
+
+    def __post_init__(self):
+        n = self.n
+        if isinstance(n, list):
+            n = tuple(n)
+            object.__setattr__(self, "n", n)
+        if isinstance(n, tuple):
+            _check(len(n) == 2 and all(_is_int(v) for v in n) and MIN_STIMULI <= n[0] <= n[1], self.op,
+                   f"n is {list(n)!r}: expected an integer >= {MIN_STIMULI} or a range [lo, hi] of integers "
+                   f"with {MIN_STIMULI} <= lo <= hi")
+        else:
+            _check(_is_int(n) and n >= MIN_STIMULI, self.op,
+                   f"n is {n!r}: expected an integer >= {MIN_STIMULI} or a range [lo, hi]")
+
+    def apply(self, rec, rng):
+        k = rec.sizes["stimulus"]
+        lo, hi = self.n if isinstance(self.n, tuple) else (self.n, self.n)
+        _check(lo <= k, self.op, f"n is {self.spec()['n']!r}: the recording has only {k} stimuli")
+        n = int(rng.integers(lo, min(hi, k) + 1)) if hi > lo else lo
+        if n == k:
+            return rebuild(rec, _values(rec))
+        idx = np.sort(rng.choice(k, n, replace=False))
+        vals = _values(rec)[:, idx]
+        units = np.flatnonzero(~np.isnan(vals).all(axis=(0, 1)))
+        _check(units.size > 0, self.op, f"no unit has a value on the kept stimuli {idx.tolist()}")
+        sessions = np.flatnonzero(~np.isnan(vals[:, :, units]).all(axis=(1, 2)))
+        _check(sessions.size >= MIN_SESSIONS, self.op,
+               f"the kept stimuli have values in only {sessions.size} sessions: expected at least {MIN_SESSIONS}")
+        return rebuild(rec, vals[sessions][:, :, units], sessions=sessions, units=units, stimuli=idx)
 
 
 # --- measurement ---------------------------------------------------------------------------
@@ -428,19 +472,34 @@ class UnitLoss(Transform):
 
 @dataclass(frozen=True)
 class ScaleOffset(Transform):
-    """x -> scale * x + offset, ``scale`` > 0: the arbitrary units of a measurement."""
+    """x -> scale * x + offset + o_u, ``scale`` > 0: the arbitrary units and baseline of a
+    measurement. ``unit_offset_sd`` > 0 adds a baseline of its own to each unit,
+    o_u ~ N(0, unit_offset_sd^2) (as dF/F or firing rates have). With ``relative``, ``offset``
+    and ``unit_offset_sd`` are in units of the scaled recording's standard deviation (every
+    value pooled), so one spec means the same baseline for logits of size 10 as for tanh
+    units of size 1 (the features are scale invariant, not offset invariant)."""
 
     op: ClassVar[str] = "scale_offset"
     scale: float = 1.0
     offset: float = 0.0
+    unit_offset_sd: float = 0.0
+    relative: bool = False
 
     def __post_init__(self):
         _check(_is_num(self.scale) and self.scale > 0 and math.isfinite(self.scale), self.op,
                f"scale is {self.scale!r}: expected a positive number")
         _check(_is_num(self.offset) and math.isfinite(self.offset), self.op, f"offset is {self.offset!r}: expected a finite number")
+        _check(_is_num(self.unit_offset_sd) and self.unit_offset_sd >= 0 and math.isfinite(self.unit_offset_sd),
+               self.op, f"unit_offset_sd is {self.unit_offset_sd!r}: expected a number >= 0")
+        _check(isinstance(self.relative, bool), self.op, f"relative is {self.relative!r}: expected true or false")
 
     def apply(self, rec, rng):
-        return rebuild(rec, _values(rec) * float(self.scale) + float(self.offset))
+        x = _values(rec) * float(self.scale)
+        unit = float(np.nanstd(x)) if self.relative else 1.0
+        shift = float(self.offset) * unit
+        if self.unit_offset_sd > 0:
+            shift = shift + rng.normal(0.0, self.unit_offset_sd * unit, size=x.shape[2])
+        return rebuild(rec, x + shift)
 
 
 TRANSFORMS: dict[str, type[Transform]] = {
@@ -449,6 +508,7 @@ TRANSFORMS: dict[str, type[Transform]] = {
         KeepUnits,
         KeepSessions,
         DropAreas,
+        KeepStimuli,
         GaussianNoise,
         PoissonCounts,
         Calcium,
@@ -477,6 +537,6 @@ def parse_step(spec: dict | Transform) -> Transform:
     unknown = sorted(set(params) - known)
     if unknown:
         raise VirtualSpecError(f"{op}: unknown parameter(s) {unknown}: expected some of {sorted(known)}")
-    if "areas" in params and isinstance(params["areas"], list):
-        params["areas"] = tuple(params["areas"])
+    # JSON has no tuples: list-valued parameters (drop_areas' names, keep_stimuli's range) as tuples
+    params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
     return cls(**params)
