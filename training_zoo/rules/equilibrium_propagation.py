@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from training_zoo.architectures import PopulationCNN, layer_pre_with
 from training_zoo.dense import per_example_ce
@@ -21,12 +22,30 @@ def transpose_drive(net, layer: int, r: torch.Tensor) -> torch.Tensor:
             c_in = net.channels[layer - 1]
             hh, ww = net.spatial[layer - 1]
             flat = w.reshape(m * w.shape[1], *w.shape[2:])
-            shape = (r.shape[0], m * c_in, hh, ww)
-            return torch.nn.grad.conv2d_input(shape, flat, r, **net.conv_args(layer))
+            # conv_transpose2d is the same adjoint as torch.nn.grad.conv2d_input (equal results)
+            # but 1-3x faster on CPU for the grouped layers; output_padding restores the
+            # input's size that the stride rounded away.
+            k, stride, pad = net.kernel, net.stride, net.padding
+            out = [(n - 1) * stride - 2 * pad + k for n in r.shape[2:]]
+            return F.conv_transpose2d(r, flat, stride=stride, padding=pad, groups=net.conv_args(layer)["groups"],
+                                      output_padding=(hh - out[0], ww - out[1]))
         down = torch.bmm(r, w)  # (M, B, F) -> (B, M*C, H, W)
         hh, ww = net.spatial[-1]
         return down.transpose(0, 1).reshape(r.shape[1], m * net.channels[-1], hh, ww)
     return torch.bmm(r, w)
+
+
+def output_shapes(net, x: torch.Tensor) -> list[tuple[int, ...]]:
+    """The shapes of ``net.forward(x)``'s pre-activations, without running it (``x`` broadcast)."""
+    if isinstance(net, PopulationCNN):
+        b = x.shape[0]
+        conv = [(b, net.m * c, hh, ww) for c, (hh, ww) in zip(net.channels, net.spatial)]
+        return [*conv, (net.m, b, net.shapes[-1][0])]
+    return [(net.m, x.shape[1], w.shape[1]) for w in net.weights]
+
+
+# activations whose values lie in [-1, 1] already: a state bound >= 1 clips nothing
+_WITHIN_UNIT = ("tanh", "sigmoid", "hardtanh")
 
 
 def hebbian_product(net, layer: int, r: torch.Tensor, h: torch.Tensor):
@@ -76,8 +95,13 @@ class HopfieldRelaxation:
         return net.n_layers if self.output_in_energy else net.n_layers - 1
 
     def rho(self, net, u):
+        name, bound = net.activation.name, self.bound
+        if bound is None or (name in _WITHIN_UNIT and bound >= 1.0):
+            return net.activation.f(u)  # the clip would change nothing
+        if name == "relu" and bound > 0.0:
+            return u.clamp(0.0, bound)  # clip(relu(u)) in one pass
         r = net.activation.f(u)
-        return r if self.bound is None else r.clamp(-self.bound, self.bound)
+        return r.clamp_(-bound, bound) if r is not u else r.clamp(-bound, bound)
 
     @staticmethod
     def skip(net, layer) -> bool:
@@ -91,8 +115,7 @@ class HopfieldRelaxation:
 
     def zeros(self, net, x):
         """Zero states (Laborieux et al.'s initialisation), shaped as the layers' outputs."""
-        shapes = [a.shape for a in net.forward(x)[0]]
-        return [torch.zeros(s, dtype=x.dtype, device=x.device) for s in shapes[: self.n_states(net)]]
+        return [torch.zeros(s, dtype=x.dtype, device=x.device) for s in output_shapes(net, x)[: self.n_states(net)]]
 
     def feedforward(self, net, x):
         states, h = [], x
@@ -102,7 +125,9 @@ class HopfieldRelaxation:
             h = h + r if self.skip(net, layer) else r
         return states
 
-    def sweep(self, net, x, states, beta, target):
+    def sweep(self, net, x, states, beta, target, pre0=None):
+        """One sweep; ``pre0``, if given, is ``net.layer_pre(0, x)`` (constant during a
+        relaxation, so :meth:`relax` computes it once)."""
         n_hidden = net.n_layers - 1
         drive = [None] * (n_hidden + 1)  # drive[k] reaches h_k, k = 1..L-1
         if self.output_in_energy:
@@ -114,25 +139,34 @@ class HopfieldRelaxation:
         for k in range(n_hidden - 1, 0, -1):
             d = transpose_drive(net, k, states[k])
             above = drive[k + 1]
-            drive[k] = d + above if (self.skip(net, k) and above is not None) else d
+            if self.skip(net, k) and above is not None:
+                d.add_(above)  # d is a fresh tensor
+            drive[k] = d
         new, h = [], x
         for layer in range(n_hidden):
-            u = net.layer_pre(layer, h)
-            if drive[layer + 1] is not None:
-                u = u + drive[layer + 1]
+            d = drive[layer + 1]
+            if layer == 0 and pre0 is not None:
+                u = pre0 if d is None else pre0 + d
+            else:
+                u = net.layer_pre(layer, h)
+                if d is not None:
+                    u.add_(d)
             r = self.rho(net, u)
             new.append(r)
             h = h + r if self.skip(net, layer) else r
         if self.output_in_energy:
-            u = net.layer_pre(n_hidden, h)
+            u = pre0 if (n_hidden == 0 and pre0 is not None) else net.layer_pre(n_hidden, h)
             if beta != 0.0:
                 u = u + beta * (target - states[n_hidden])
             new.append(self.rho(net, u))
         return new
 
-    def relax(self, net, x, states, beta, target, steps):
+    def relax(self, net, x, states, beta, target, steps, pre0=None):
+        """``steps`` sweeps from ``states``; ``pre0``: ``net.layer_pre(0, x)`` if already computed."""
+        if steps > 0 and pre0 is None:
+            pre0 = net.layer_pre(0, x)
         for _ in range(steps):
-            states = self.sweep(net, x, states, beta, target)
+            states = self.sweep(net, x, states, beta, target, pre0)
         return states
 
 
@@ -209,11 +243,11 @@ class EquilibriumPropagation(LearningRule):
     def _relaxation(self):
         return HopfieldRelaxation(self.state_bound, self.output == "energy")
 
-    def free_phase(self, net, x, steps=None):
+    def free_phase(self, net, x, steps=None, pre0=None):
         relax = self._relaxation()
         x = net.broadcast_input(x)
         states = relax.zeros(net, x) if self.init == "zero" else relax.feedforward(net, x)
-        return relax.relax(net, x, states, 0.0, None, self.free_steps if steps is None else steps)
+        return relax.relax(net, x, states, 0.0, None, self.free_steps if steps is None else steps, pre0)
 
     def forward(self, net, state, x):
         """(pre, post) at the free fixed point, in the network's forward layout. ``post[-1]`` is
@@ -221,9 +255,10 @@ class EquilibriumPropagation(LearningRule):
         ``W_L h_{L-1} + b_L``."""
         relax = self._relaxation()
         x = net.broadcast_input(x)
-        states = self.free_phase(net, x)
+        pre0 = net.layer_pre(0, x)
+        states = self.free_phase(net, x, pre0=pre0)
         hs = relax.activities(net, x, states)
-        pre = [net.layer_pre(layer, hs[layer]) for layer in range(net.n_layers)]
+        pre = [pre0, *(net.layer_pre(layer, hs[layer]) for layer in range(1, net.n_layers))]
         out = states[-1] if self.output == "energy" else pre[-1]
         return pre, [*hs, out]
 
@@ -239,7 +274,8 @@ class EquilibriumPropagation(LearningRule):
         c = net.weights[-1].shape[1]
         yy = y.unsqueeze(0).expand(net.m, -1) if y.dim() == 1 else y
         target = torch.nn.functional.one_hot(yy, c).to(net.weights[0].dtype)
-        free = self.free_phase(net, x)
+        pre0 = net.layer_pre(0, x)  # shared by the three phases' sweeps
+        free = self.free_phase(net, x, pre0=pre0)
         h_free = relax.activities(net, x, free)
         if self.output == "energy":
             loss = 0.5 * ((free[-1] - target) ** 2).sum(-1).mean(1)
@@ -248,7 +284,7 @@ class EquilibriumPropagation(LearningRule):
         betas = (self.beta, -self.beta) if self.nudge == "symmetric" else (self.beta,)
         phases = []
         for beta in betas:
-            states = relax.relax(net, x, free, beta, target, self.nudge_steps)
+            states = relax.relax(net, x, free, beta, target, self.nudge_steps, pre0)
             phases.append((states, relax.activities(net, x, states)))
         if self.nudge == "symmetric":
             (s_p, h_p), (s_m, h_m), k = phases[0], phases[1], 1.0 / (2.0 * self.beta * b)

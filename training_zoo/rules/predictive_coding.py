@@ -62,30 +62,38 @@ def relax_dense(net, x, y, steps: int, rate: float, precision: float, loss: str 
     yy = y.unsqueeze(0).expand(net.m, -1) if y.dim() == 1 else y
     target = torch.nn.functional.one_hot(yy, c).to(pre[-1].dtype)
     f, df = net.activation.f, net.activation.df
+    x = net.broadcast_input(x)
 
     def errors_of(values):
-        acts, errs = [net.broadcast_input(x)], []
+        acts, errs = [x], []
         for layer in range(net.n_layers):
-            mu = net.layer_pre(layer, acts[-1])
+            # mu_0 = W_0 x + b_0 does not depend on the value nodes: the forward pass's, reused
+            mu = pre[0] if layer == 0 else net.layer_pre(layer, acts[-1])
             if layer < n_hidden:
                 errs.append(values[layer] - mu)
                 h = f(values[layer])
                 acts.append(acts[-1] + h if net.is_skip(layer) else h)
             else:
                 out = torch.softmax(mu, -1) if loss == "cross_entropy" else mu
-                errs.append(precision * (target - out))
+                e = target - out
+                errs.append(e.mul_(precision) if precision != 1.0 else e)
         return acts, errs
 
     acts, errs = errors_of(values)
     for _ in range(steps):
-        # dF/dh_k = -W_k^T eps_k + [skip_k] dF/dh_{k+1}, from the top down
+        # D_k = -dF/dh_k = W_k^T eps_k + [skip_k] D_{k+1}, from the top down; the gradient on
+        # x_{k-1} is eps_{k-1} - f'(x_{k-1}) D_k (the same numbers as adding f' * (-D_k))
         grads = [None] * n_hidden
         d_h = None
         for layer in range(net.n_layers - 1, 0, -1):
-            d = -torch.bmm(errs[layer], net.weights[layer])
-            d_h = d + d_h if (net.is_skip(layer) and d_h is not None) else d
-            grads[layer - 1] = errs[layer - 1] + df(values[layer - 1]) * d_h
-        values = [v - rate * g for v, g in zip(values, grads)]
+            d = torch.bmm(errs[layer], net.weights[layer])
+            if net.is_skip(layer) and d_h is not None:
+                d.add_(d_h)
+            d_h = d
+            grads[layer - 1] = errs[layer - 1] - df(values[layer - 1]).mul_(d_h)
+        # every gradient is taken before any value node moves; values are this function's clones
+        for v, g in zip(values, grads):
+            v.sub_(g.mul_(rate))
         acts, errs = errors_of(values)
     return acts, errs, pre
 
